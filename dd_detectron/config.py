@@ -1,0 +1,92 @@
+"""
+Config keys of dd-detectron. Everything new lives under a single ``DD`` node; what detectron2
+already has is reused (test-time views: ``TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP``; labeled data:
+``DATASETS.TRAIN``).
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_dd_config", "parse_threshold"]
+
+
+def add_dd_config(cfg: CN) -> None:
+    """Add dd-detectron's keys to a detectron2 config, in place.
+
+    Args:
+        cfg: a config from ``detectron2.config.get_cfg()``.
+    """
+    _C = cfg
+    _C.DD = CN()
+
+    # ---------------------------------------------------------------------------------------
+    # Multi-transform keypoint ensembling (views come from TEST.AUG)
+    # ---------------------------------------------------------------------------------------
+    _C.DD.TTA = CN()
+    # How per-view keypoint heatmap logits are combined: "mean" (Detectron's HM_AVG) or "max"
+    # (HM_MAX).
+    _C.DD.TTA.KEYPOINT_REDUCE = "mean"
+    # Box voting after NMS (Detectron's BBOX_VOTE): each kept box becomes the score-weighted mean
+    # of the union boxes that overlap it with IoU >= BOX_VOTING_IOU. True or False.
+    _C.DD.TTA.BOX_VOTING = False
+    # IoU threshold of box voting, in (0, 1]; Detectron used 0.8 to 0.9.
+    _C.DD.TTA.BOX_VOTING_IOU = 0.8
+    # Size-dependent view selection (Detectron's SCALE_SIZE_DEP): for a box smaller than
+    # AREA_TH (pixels^2, in the original image), views that shrink the image are dropped; for a
+    # larger one, views that enlarge it are dropped. True or False.
+    _C.DD.TTA.SCALE_SIZE_DEP = False
+    # Area threshold of SCALE_SIZE_DEP; Detectron's keypoint TTA config used 150^2 on COCO.
+    _C.DD.TTA.AREA_TH = 150 ** 2
+    # True: keep each view's backbone features for the keypoint stage (one backbone pass per
+    # view). False: recompute them there (two passes per view, memory bounded by one view).
+    _C.DD.TTA.CACHE_FEATURES = True
+
+    # ---------------------------------------------------------------------------------------
+    # Annotation of unlabeled data (tools/annotate_net.py)
+    # ---------------------------------------------------------------------------------------
+    _C.DD.ANNOTATE = CN()
+    # Registered datasets to label; their annotations, if any, are ignored.
+    _C.DD.ANNOTATE.DATASETS = ("synthetic_kp_unlabeled",)
+    # Keep instances whose detection score is >= this: "auto" (the threshold at which the mean
+    # number of kept instances per image equals the mean number of annotated instances per
+    # labeled image, labeled = DATASETS.TRAIN) or a number in [0, 1] written as a string ("0.7").
+    _C.DD.ANNOTATE.SCORE_THRESH = "auto"
+    # Keypoints whose score is >= this get v = 2, the others v = 0 (ignored by the loss): "auto"
+    # (matches the mean number of labeled keypoints per instance in DATASETS.TRAIN) or a number
+    # written as a string. Keypoint scores are heatmap logits, so they are not bounded to [0, 1].
+    _C.DD.ANNOTATE.KEYPOINT_THRESH = "auto"
+    # A kept instance needs at least this many keypoints with v = 2, else it is dropped.
+    _C.DD.ANNOTATE.MIN_KEYPOINTS = 1
+    # Progress is saved (atomically) every this many images, so an interrupted run resumes.
+    _C.DD.ANNOTATE.SAVE_PERIOD = 100
+
+    # ---------------------------------------------------------------------------------------
+    # Student training on labeled + generated data
+    # ---------------------------------------------------------------------------------------
+    _C.DD.STUDENT = CN()
+    # Registered datasets of generated labels; empty = ordinary training on DATASETS.TRAIN.
+    _C.DD.STUDENT.GENERATED_DATASETS = ()
+    # Share of labeled (DATASETS.TRAIN) images in every global minibatch, in (0, 1). The paper
+    # used 6 labeled : 4 generated.
+    _C.DD.STUDENT.LABELED_FRACTION = 0.6
+    # Where the student starts: "weights" (MODEL.WEIGHTS: ImageNet or none, as the paper) or
+    # "teacher" (fine-tune from TEACHER_WEIGHTS, the paper's ablation).
+    _C.DD.STUDENT.INIT = "weights"
+    # Teacher checkpoint for INIT = "teacher".
+    _C.DD.STUDENT.TEACHER_WEIGHTS = ""
+
+
+def parse_threshold(value, key: str):
+    """Read a threshold key that holds "auto" or a number.
+
+    Args:
+        value: the config value (a string such as "auto" or "0.7", or a number).
+        key: the full config key, named in the error.
+
+    Returns:
+        None for "auto", else the float.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be 'auto' or a number, got {value!r}") from None

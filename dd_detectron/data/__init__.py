@@ -1,0 +1,2 @@
+# Importing datasets registers the builtin datasets (see datasets/__init__.py).
+from . import datasets  # noqa: F401

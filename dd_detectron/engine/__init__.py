@@ -1,0 +1,3 @@
+from .trainer import DDTrainer
+
+__all__ = ["DDTrainer"]

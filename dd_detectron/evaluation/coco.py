@@ -1,0 +1,47 @@
+"""COCO box + keypoint evaluation that works with and without detectron2's compiled ops."""
+import importlib.machinery
+import importlib.util
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
+
+__all__ = ["build_keypoint_evaluator", "fast_coco_eval_available"]
+
+
+def fast_coco_eval_available() -> bool:
+    """True when ``detectron2._C`` is a compiled extension (it holds the fast COCO evaluator).
+
+    A pure-Python detectron2 (see tools/setup_env.py) has a placeholder ``_C`` module instead;
+    deciding from the module's file type keeps this independent of detectron2's version.
+    """
+    spec = importlib.util.find_spec("detectron2._C")
+    return spec is not None and spec.origin is not None and spec.origin.endswith(
+        tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    )
+
+
+def build_keypoint_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCOEvaluator:
+    """A COCOEvaluator for boxes and keypoints of ``dataset_name``.
+
+    Args:
+        cfg: the run's config (TEST.KEYPOINT_OKS_SIGMAS is used).
+        dataset_name: a registered dataset with COCO-style metadata.
+        output_dir: where the evaluator writes its predictions; None for no file.
+
+    Returns:
+        a detectron2 COCOEvaluator using the compiled evaluator only where it exists.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    json_file = getattr(metadata, "json_file", None)
+    if json_file is not None and not os.path.exists(json_file):
+        # Datasets made on first use (the embedded synthetic ones) write their JSON when loaded.
+        DatasetCatalog.get(dataset_name)
+    return COCOEvaluator(
+        dataset_name,
+        tasks=("bbox", "keypoints"),
+        distributed=True,
+        output_dir=output_dir,
+        use_fast_impl=fast_coco_eval_available(),
+        kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
+    )

@@ -1,0 +1,2 @@
+# Importing backbone registers build_narrow_resnet_fpn_backbone in BACKBONE_REGISTRY.
+from . import backbone  # noqa: F401
