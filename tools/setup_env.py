@@ -231,13 +231,18 @@ def download_fallback_sdist(cache_dir: Path) -> Path:
     return target
 
 
-def build_fallback_tree(sdist: Path, build_dir: Path) -> Path:
+def build_fallback_tree(sdist: Path, build_dir: Path, sha256: str = FALLBACK_SHA256) -> Path:
     """Unpack the sdist's ``detectron2/`` package into an installable pure-Python project.
+
+    Args:
+        sdist: the downloaded source distribution.
+        build_dir: where the project directory is (re)created.
+        sha256: the digest the archive must have.
 
     Returns:
         the project directory (pyproject.toml + detectron2/), ready for ``pip install``.
     """
-    verify_sha256(sdist, FALLBACK_SHA256)
+    verify_sha256(sdist, sha256)
     project = build_dir / "detectron2-0.6-purepython"
     if project.exists():
         shutil.rmtree(project)

@@ -1,0 +1,25 @@
+# dd-detectron: `make demo` runs the pipeline on the embedded synthetic data, `make test` the tests.
+# Both set up .venv first (tools/setup_env.py; idempotent: a second run does nothing).
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.dd-setup-done
+# A DETECTRON2_SOURCE given on the command line or in the environment is always (re)checked.
+FORCE_SETUP := $(if $(DETECTRON2_SOURCE),force-setup)
+
+.PHONY: setup demo test clean force-setup
+
+setup: $(STAMP)
+
+$(STAMP): setup.py tools/setup_env.py $(FORCE_SETUP)
+	$(PYTHON) tools/setup_env.py --venv $(VENV)
+	touch $@
+
+demo: setup
+	$(VPY) tools/run_demo.py
+
+test: setup
+	$(VPY) -m pytest tests -q
+
+clean:
+	rm -rf $(VENV) build output

@@ -1,0 +1,36 @@
+"""Every YAML config in configs/ loads on top of detectron2's defaults and add_dd_config."""
+from pathlib import Path
+
+import pytest
+from detectron2.config import get_cfg
+
+from dd_detectron import add_dd_config
+from dd_detectron.config import parse_threshold
+
+CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+
+
+def test_configs_are_found():
+    assert any(c.endswith("Base-DD-Keypoint-RCNN-FPN.yaml") for c in CONFIGS)
+    assert any("/Synthetic/" in c for c in CONFIGS)
+
+
+@pytest.mark.parametrize("config_file", CONFIGS, ids=lambda p: p.split("configs/")[-1])
+def test_config_loads(config_file):
+    cfg = get_cfg()
+    add_dd_config(cfg)
+    cfg.merge_from_file(config_file)
+    assert cfg.MODEL.KEYPOINT_ON
+    assert cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS == 17
+    assert 0.0 < cfg.DD.STUDENT.LABELED_FRACTION < 1.0
+    parse_threshold(cfg.DD.ANNOTATE.SCORE_THRESH, "DD.ANNOTATE.SCORE_THRESH")
+    parse_threshold(cfg.DD.ANNOTATE.KEYPOINT_THRESH, "DD.ANNOTATE.KEYPOINT_THRESH")
+
+
+def test_parse_threshold():
+    assert parse_threshold("auto", "K") is None
+    assert parse_threshold(" AUTO ", "K") is None
+    assert parse_threshold("0.25", "K") == 0.25
+    assert parse_threshold(0.5, "K") == 0.5
+    with pytest.raises(ValueError, match=r"DD\.ANNOTATE\.SCORE_THRESH must be 'auto' or a number, got 'high'"):
+        parse_threshold("high", "DD.ANNOTATE.SCORE_THRESH")
