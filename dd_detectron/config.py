@@ -30,11 +30,13 @@ def add_dd_config(cfg: CN) -> None:
     # IoU threshold of box voting, in (0, 1]; Detectron used 0.8 to 0.9.
     _C.DD.TTA.BOX_VOTING_IOU = 0.8
     # Size-dependent view selection (Detectron's SCALE_SIZE_DEP): for a box smaller than
-    # AREA_TH (pixels^2, in the original image), views that shrink the image are dropped; for a
-    # larger one, views that enlarge it are dropped. True or False.
+    # AREA_TH (pixels^2, in the original image), views that scale the image down more than plain
+    # inference does (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) are dropped; for a larger one, views
+    # that scale it up more are dropped. True or False.
     _C.DD.TTA.SCALE_SIZE_DEP = False
-    # Area threshold of SCALE_SIZE_DEP; Detectron's keypoint TTA config used 150^2 on COCO.
-    _C.DD.TTA.AREA_TH = 150 ** 2
+    # Area threshold of SCALE_SIZE_DEP, a float; Detectron's keypoint TTA config used 150^2 on
+    # COCO.
+    _C.DD.TTA.AREA_TH = 150.0 ** 2
     # True: keep each view's backbone features for the keypoint stage (one backbone pass per
     # view). False: recompute them there (two passes per view, memory bounded by one view).
     _C.DD.TTA.CACHE_FEATURES = True
@@ -43,7 +45,9 @@ def add_dd_config(cfg: CN) -> None:
     # Annotation of unlabeled data (tools/annotate_net.py)
     # ---------------------------------------------------------------------------------------
     _C.DD.ANNOTATE = CN()
-    # Registered datasets to label; their annotations, if any, are ignored.
+    # Registered datasets to label; their annotations, if any, are ignored. "folder:<path>" names
+    # a folder of JPEG/PNG images, searched recursively (data/datasets/image_folder.py; a
+    # relative path is taken from the working directory).
     _C.DD.ANNOTATE.DATASETS = ("synthetic_kp_unlabeled",)
     # Keep instances whose detection score is >= this: "auto" (the threshold at which the mean
     # number of kept instances per image equals the mean number of annotated instances per
@@ -62,10 +66,13 @@ def add_dd_config(cfg: CN) -> None:
     # Student training on labeled + generated data
     # ---------------------------------------------------------------------------------------
     _C.DD.STUDENT = CN()
-    # Registered datasets of generated labels; empty = ordinary training on DATASETS.TRAIN.
+    # Generated labels: registered dataset names (see data/datasets/generated.py, or
+    # register_generated_keypoints) or paths ending in ".json" (registered on use); empty =
+    # ordinary training on DATASETS.TRAIN. Non-empty = student training with the ratio loader.
     _C.DD.STUDENT.GENERATED_DATASETS = ()
-    # Share of labeled (DATASETS.TRAIN) images in every global minibatch, in (0, 1). The paper
-    # used 6 labeled : 4 generated.
+    # Share of labeled (DATASETS.TRAIN) images in every global minibatch, in (0, 1): each global
+    # minibatch of SOLVER.IMS_PER_BATCH = B images holds round(f * B) labeled images (halves up),
+    # which must be neither 0 nor B. The paper used 6 labeled : 4 generated.
     _C.DD.STUDENT.LABELED_FRACTION = 0.6
     # Where the student starts: "weights" (MODEL.WEIGHTS: ImageNet or none, as the paper) or
     # "teacher" (fine-tune from TEACHER_WEIGHTS, the paper's ablation).

@@ -12,7 +12,7 @@ import torch
 from dd_detectron.data.datasets import synthetic
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = str(REPO / "configs" / "Synthetic" / "teacher_nR18-FPN_3k_labeled.yaml")
+CONFIG = str(REPO / "configs" / "Synthetic" / "teacher_nR18-FPN_2k_labeled.yaml")
 
 
 def _load_tool(name):

@@ -4,22 +4,27 @@ Train or evaluate a Keypoint R-CNN with dd-detectron (teacher, student or oracle
 
 Same interface as detectron2's tools/train_net.py:
 
-    python tools/train_net.py --config-file configs/Synthetic/teacher_nR18-FPN_3k_labeled.yaml
+    python tools/train_net.py --config-file configs/Synthetic/teacher_nR18-FPN_2k_labeled.yaml
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file CFG --num-gpus 8 SOLVER.IMS_PER_BATCH 16
 
-Keypoint AP comes from detectron2's COCOEvaluator on DATASETS.TEST.
+Keypoint AP comes from detectron2's COCOEvaluator on DATASETS.TEST. With TEST.AUG.ENABLED True,
+the same evaluation runs once more through the multi-view keypoint ensembler (TEST.AUG views,
+DD.TTA settings), reported under "<task>_TTA":
+
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS w.pth TEST.AUG.ENABLED True
 """
 import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from dd_detectron import add_dd_config
-from dd_detectron.engine import DDTrainer
+from dd_detectron.engine import DDTrainer, apply_student_init
 
 logger = logging.getLogger("dd_detectron.train_net")
 
@@ -30,8 +35,15 @@ def setup(args):
     add_dd_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    # Before freezing: INIT="teacher" rewrites MODEL.WEIGHTS, so config.yaml says what is loaded.
+    # Not with --eval-only, where MODEL.WEIGHTS names the model to evaluate.
+    student_init = None if args.eval_only else apply_student_init(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup configures only detectron2's logger; dd_detectron's goes to the same log.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dd_detectron")
+    if student_init:
+        logger.info(student_init)
     return cfg
 
 
@@ -43,12 +55,17 @@ def main(args):
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = DDTrainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(DDTrainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
 
     trainer = DDTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        # As detectron2's train_net: evaluate with TTA once more after training.
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()
 
 

@@ -1,3 +1,5 @@
+from .source_counting import SourceCountingLoader
+from .student_init import apply_student_init
 from .trainer import DDTrainer
 
-__all__ = ["DDTrainer"]
+__all__ = ["DDTrainer", "SourceCountingLoader", "apply_student_init"]

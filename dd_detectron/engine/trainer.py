@@ -1,18 +1,60 @@
 """The trainer of dd-detectron: detectron2's DefaultTrainer, changed only through its hooks."""
+import logging
 import os
+from collections import OrderedDict
 
 from detectron2.engine import DefaultTrainer
 
+from ..data import build_ratio_train_loader
 from ..evaluation import build_keypoint_evaluator
+from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
+from .source_counting import SourceCountingLoader
 
 __all__ = ["DDTrainer"]
 
+logger = logging.getLogger(__name__)
+
 
 class DDTrainer(DefaultTrainer):
-    """DefaultTrainer with keypoint COCO evaluation (compiled evaluator only where it exists)."""
+    """DefaultTrainer with keypoint COCO evaluation (compiled evaluator only where it exists).
+
+    With DD.STUDENT.GENERATED_DATASETS set it trains a student: labeled and generated images
+    in every minibatch at DD.STUDENT.LABELED_FRACTION (see build_ratio_train_loader), and the
+    realised per-source counts logged every iteration (see SourceCountingLoader).
+    """
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if not cfg.DD.STUDENT.GENERATED_DATASETS:
+            return super().build_train_loader(cfg)
+        logger.info(
+            "Student training: %s labeled + %s generated.", cfg.DATASETS.TRAIN, cfg.DD.STUDENT.GENERATED_DATASETS
+        )
+        return SourceCountingLoader(build_ratio_train_loader(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_keypoint_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate with the keypoint ensembler over TEST.AUG's views (as detectron2's
+        tools/train_net.py does with GeneralizedRCNNWithTTA, which refuses keypoint models).
+
+        Args:
+            cfg: the run's config.
+            model: the Keypoint R-CNN to ensemble.
+
+        Returns:
+            OrderedDict: the evaluation results, each dataset's key suffixed with "_TTA".
+        """
+        logger.info("Running inference with test-time augmentation ...")
+        tta_model = KeypointRCNNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            for name in cfg.DATASETS.TEST
+        ]
+        res = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in res.items())

@@ -110,9 +110,9 @@ class RenderConfig:
     # ~90 px give COCO "small" people (< 32^2 px), above ~280 px "large" ones (> 96^2 px), which
     # on these small images means close-ups truncated by the border.
     person_height_mix: Tuple[Tuple[float, float, float], ...] = (
-        (0.30, 28.0, 90.0),
-        (0.45, 90.0, 220.0),
-        (0.25, 220.0, 480.0),
+        (0.25, 28.0, 90.0),
+        (0.55, 90.0, 220.0),
+        (0.20, 220.0, 360.0),
     )
     # (pose type, weight) over POSE_TYPES.
     pose_weights: Tuple[Tuple[str, float], ...] = (
@@ -139,7 +139,7 @@ class RenderConfig:
     # Probability that a figure is placed next to the previous one (mutual occlusion).
     cluster_prob: float = 0.35
     # Closed range of the number of distractor shapes per image.
-    num_distractors: Tuple[int, int] = (3, 9)
+    num_distractors: Tuple[int, int] = (2, 7)
     # (kind, weight) over DISTRACTOR_KINDS; "limb" are jointed sticks in limb colours.
     distractor_kinds: Tuple[Tuple[str, float], ...] = (
         ("blob", 0.3),
@@ -167,6 +167,10 @@ class RenderConfig:
     brightness_range: Tuple[float, float] = (-20.0, 20.0)
     # People whose visible silhouette has fewer pixels are drawn but not annotated.
     min_visible_area: int = 16
+    # People whose visible silhouette is smaller (COCO's "small", < 32^2 px) keep their box but
+    # carry no keypoints (all v = 0, num_keypoints 0): COCO reports keypoint AP for medium and
+    # large people only, and a 17-point skeleton inside a box a few pixels wide is noise.
+    min_keypoint_area: int = 32 * 32
 
 
 @dataclass(frozen=True)
@@ -926,6 +930,7 @@ def render_scene(
     figures: Sequence[Figure],
     distractors: Sequence[Distractor] = (),
     min_visible_area: int = 16,
+    min_keypoint_area: int = 0,
 ) -> Tuple[np.ndarray, List[dict]]:
     """Draws figures and distractors back to front and annotates the figures.
 
@@ -934,6 +939,7 @@ def render_scene(
         figures: the people.
         distractors: non-person shapes.
         min_visible_area: figures with fewer visible pixels are drawn but not annotated.
+        min_keypoint_area: figures with fewer visible pixels are annotated without keypoints.
 
     Returns:
         (image, annotations). One annotation dict per kept figure, in figure order, with
@@ -957,10 +963,12 @@ def render_scene(
             base = 1 + i * _PARTS_PER_FIGURE
             for part in sorted(figures[i].parts, key=lambda p: p.z):
                 _draw_part(img, ids, part, base + part.part_id)
-    return img, _annotate(ids, figures, min_visible_area)
+    return img, _annotate(ids, figures, min_visible_area, min_keypoint_area)
 
 
-def _annotate(ids: np.ndarray, figures: Sequence[Figure], min_visible_area: int) -> List[dict]:
+def _annotate(
+    ids: np.ndarray, figures: Sequence[Figure], min_visible_area: int, min_keypoint_area: int = 0
+) -> List[dict]:
     H, W = ids.shape
     is_fig = (ids > 0) & (ids != _DISTRACTOR_ID)
     slot = np.where(is_fig, (ids.astype(np.int32) - 1) // _PARTS_PER_FIGURE, -1)
@@ -976,6 +984,9 @@ def _annotate(ids: np.ndarray, figures: Sequence[Figure], min_visible_area: int)
         kps: List[float] = []
         n_vis = 0
         for k in range(NUM_KEYPOINTS):
+            if area < min_keypoint_area:
+                kps += [0, 0, 0]  # a small person: box only (see RenderConfig.min_keypoint_area)
+                continue
             # COCO keypoints are pixel indices: detectron2 adds 0.5 when loading, so write
             # continuous - 0.5 (rounded so the JSON is stable).
             jx = round(float(fig.keypoints[k, 0]) - 0.5, 2)
@@ -1066,5 +1077,7 @@ def render_image(
     distractors = [
         sample_distractor(rng, cfg, width, height, figures) for _ in range(n_distractors)
     ]
-    img, annotations = render_scene(background, figures, distractors, cfg.min_visible_area)
+    img, annotations = render_scene(
+        background, figures, distractors, cfg.min_visible_area, cfg.min_keypoint_area
+    )
     return _photometric(rng, cfg, img), annotations

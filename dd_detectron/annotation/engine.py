@@ -1,0 +1,275 @@
+"""
+The annotation stage: a teacher labels unlabeled images with hard COCO keypoint labels.
+
+``annotate(cfg, model, output_dir)`` writes into ``output_dir``:
+
+- ``person_keypoints_generated.json``: every readable image of DD.ANNOTATE.DATASETS, with or
+  without labels (see coco_writer.py for the conventions);
+- ``annotation_stats.json``: thresholds chosen, instances per image, keypoints per instance,
+  score histograms, unreadable images (see report.py);
+- ``calibration.png``: the calibration curves;
+- ``progress/``: the raw detections, saved every DD.ANNOTATE.SAVE_PERIOD images (progress.py).
+
+Views: TEST.AUG (MIN_SIZES, MAX_SIZE, FLIP) through the keypoint ensembler when TEST.AUG.ENABLED;
+otherwise the single view of plain inference (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, no flip),
+through the same ensembler (one view = plain inference, see tests/test_tta.py).
+
+Runs sharded over all processes of the job (detectron2's ``inference_on_dataset``); rank 0 writes
+the outputs. A rerun of the same command resumes: images with saved detections are skipped, and
+the outputs are the same, byte for byte, as those of an uninterrupted or single-process run
+(given the same detections: images are ordered by id, annotation ids assigned in that order).
+"""
+import itertools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.evaluation import inference_on_dataset
+from detectron2.utils import comm
+
+from ..config import parse_threshold
+from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
+from .coco_writer import LabelSpace, write_coco_keypoints_json
+from .evaluator import AnnotationEvaluator
+from .inputs import ReadImageOrError, SkipUnreadable, images_to_label
+from .labels import LabelingRule, make_labels
+from .progress import ProgressStore
+from .report import labeling_report, plot_calibration
+from .thresholds import LabeledStats, labeled_statistics
+
+__all__ = ["AnnotationSettings", "annotate", "views_config", "OUTPUT_JSON", "STATS_JSON", "CALIBRATION_PNG"]
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_JSON = "person_keypoints_generated.json"
+STATS_JSON = "annotation_stats.json"
+CALIBRATION_PNG = "calibration.png"
+PROGRESS_DIR = "progress"
+
+
+@dataclass(frozen=True)
+class AnnotationSettings:
+    """DD.ANNOTATE, read and checked.
+
+    Attributes:
+        datasets: the datasets to label.
+        rule: thresholds and keypoint minimum.
+        save_period: images per saved progress chunk.
+    """
+
+    datasets: tuple
+    rule: LabelingRule
+    save_period: int
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "AnnotationSettings":
+        a = cfg.DD.ANNOTATE
+        score = parse_threshold(a.SCORE_THRESH, "DD.ANNOTATE.SCORE_THRESH")
+        if score is not None and not 0.0 <= score <= 1.0:
+            raise ValueError(f"DD.ANNOTATE.SCORE_THRESH must be 'auto' or in [0, 1], got {a.SCORE_THRESH!r}")
+        keypoint = parse_threshold(a.KEYPOINT_THRESH, "DD.ANNOTATE.KEYPOINT_THRESH")
+        num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+        if not 0 <= a.MIN_KEYPOINTS <= num_keypoints:
+            raise ValueError(f"DD.ANNOTATE.MIN_KEYPOINTS must be in [0, {num_keypoints}], got {a.MIN_KEYPOINTS}")
+        if a.SAVE_PERIOD < 1:
+            raise ValueError(f"DD.ANNOTATE.SAVE_PERIOD must be >= 1, got {a.SAVE_PERIOD}")
+        if len(a.DATASETS) == 0:
+            raise ValueError("DD.ANNOTATE.DATASETS is empty: name the unlabeled datasets to label.")
+        return cls(tuple(a.DATASETS), LabelingRule(score, keypoint, int(a.MIN_KEYPOINTS)), int(a.SAVE_PERIOD))
+
+
+def views_config(cfg):
+    """The config whose TEST.AUG holds the views actually used (see the module docstring)."""
+    if cfg.TEST.AUG.ENABLED:
+        return cfg
+    single = cfg.clone()
+    single.defrost()
+    single.TEST.AUG.MIN_SIZES = (cfg.INPUT.MIN_SIZE_TEST,)
+    single.TEST.AUG.MAX_SIZE = cfg.INPUT.MAX_SIZE_TEST
+    single.TEST.AUG.FLIP = False
+    single.freeze()
+    return single
+
+
+def _fingerprint(cfg, settings: AnnotationSettings, num_images: int) -> dict:
+    """What determines the saved detections (thresholds are not part of it: they apply later)."""
+    model = json.loads(json.dumps(cfg.MODEL))
+    model.pop("DEVICE", None)
+    fp = {
+        "MODEL": model,
+        "INPUT.FORMAT": cfg.INPUT.FORMAT,
+        "TEST.AUG": cfg.TEST.AUG,
+        "TEST.DETECTIONS_PER_IMAGE": cfg.TEST.DETECTIONS_PER_IMAGE,
+        "DD.TTA": cfg.DD.TTA,
+        "DD.ANNOTATE.DATASETS": settings.datasets,
+        "num_images": num_images,
+    }
+    return json.loads(json.dumps(fp))  # tuples -> lists: compares equal to the saved copy
+
+
+def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
+    """Categories and keypoints from the labeled data's metadata, else the unlabeled data's."""
+    tried = []
+    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DD.ANNOTATE.DATASETS", settings.datasets)):
+        for name in names:
+            metadata = MetadataCatalog.get(name)
+            if metadata.get("thing_dataset_id_to_contiguous_id") is None and name in DatasetCatalog.list():
+                # COCO-style datasets learn their category ids (COCO person: 1) when loaded.
+                DatasetCatalog.get(name)
+            if metadata.get("thing_classes") and metadata.get("keypoint_names"):
+                return LabelSpace.from_metadata(metadata, f"{key} {name!r}")
+            tried.append(name)
+    raise ValueError(
+        f"No dataset of DATASETS.TRAIN or DD.ANNOTATE.DATASETS ({tried}) has thing_classes and "
+        "keypoint_names in its metadata: the generated JSON needs its categories and keypoint names."
+    )
+
+
+def _labeled_stats(cfg, settings: AnnotationSettings) -> Optional[LabeledStats]:
+    """Statistics of DATASETS.TRAIN, when a threshold is "auto"."""
+    auto_keys = [
+        key for key, value in (("DD.ANNOTATE.SCORE_THRESH", settings.rule.score_thresh),
+                               ("DD.ANNOTATE.KEYPOINT_THRESH", settings.rule.keypoint_thresh))
+        if value is None
+    ]
+    if not auto_keys:
+        return None
+    if len(cfg.DATASETS.TRAIN) == 0:
+        raise ValueError(f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled data: DATASETS.TRAIN is empty.")
+    stats = labeled_statistics(
+        itertools.chain.from_iterable(DatasetCatalog.get(n) for n in cfg.DATASETS.TRAIN), tuple(cfg.DATASETS.TRAIN)
+    )
+    if stats.num_instances == 0:
+        raise ValueError(
+            f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled keypoints, but DATASETS.TRAIN="
+            f"{tuple(cfg.DATASETS.TRAIN)} has no non-crowd annotation with a labeled keypoint "
+            f"({stats.num_images} images). Give a labeled keypoint dataset or numeric thresholds."
+        )
+    logger.info(
+        "Labeled data %s: %.4f instances per image, %.4f labeled keypoints per instance.",
+        stats.datasets, stats.instances_per_image, stats.keypoints_per_instance,
+    )
+    return stats
+
+
+def _on_main_process_then_share(fn):
+    """Run fn on rank 0 only (e.g. reading a large labeled dataset) and give every rank its
+    result, or make every rank raise its error (no rank waits forever at a barrier)."""
+    result, error = None, None
+    if comm.is_main_process():
+        try:
+            result = fn()
+        except Exception as e:
+            error = e
+    shared_result, shared_error = comm.all_gather((result, None if error is None else repr(error)))[0]
+    if error is not None:
+        raise error
+    if shared_error is not None:
+        raise RuntimeError(f"The annotation stage failed on rank 0: {shared_error}")
+    return shared_result
+
+
+def _write_outputs(cfg, settings, labeled, label_space, store, images, output_dir) -> dict:
+    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+    labeling = make_labels(store, {r["image_id"]: r for r in images}, settings.rule, labeled, num_keypoints)
+    info = {
+        "description": "Hard keypoint labels generated by dd-detectron (Data Distillation).",
+        "teacher_weights": cfg.MODEL.WEIGHTS,
+        "views": {"min_sizes": list(cfg.TEST.AUG.MIN_SIZES), "max_size": cfg.TEST.AUG.MAX_SIZE, "flip": cfg.TEST.AUG.FLIP},
+        "score_threshold": labeling.score.value,
+        "keypoint_threshold": labeling.keypoint.value,
+        "min_keypoints": settings.rule.min_keypoints,
+    }
+    json_path = os.path.join(output_dir, OUTPUT_JSON)
+    num_images, num_annotations = write_coco_keypoints_json(json_path, labeling.labels, label_space, info)
+    report = labeling_report(labeling, labeled, settings.rule, settings.datasets, OUTPUT_JSON)
+    stats_path = os.path.join(output_dir, STATS_JSON)
+    tmp = f"{stats_path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, stats_path)
+    plot_calibration(labeling, os.path.join(output_dir, CALIBRATION_PNG))
+    logger.info(
+        "Wrote %s: %d images, %d annotations (%.3f per image, %.2f visible keypoints each); score "
+        "threshold %.4g (%s), keypoint threshold %.4g (%s); %d unreadable images.",
+        json_path, num_images, num_annotations, report["instances_per_image"]["mean"],
+        report["keypoints_per_instance"]["mean"], labeling.score.value,
+        "auto" if labeling.score.auto else "fixed", labeling.keypoint.value,
+        "auto" if labeling.keypoint.auto else "fixed", len(labeling.failed),
+    )
+    return {
+        "annotation": {
+            "json_file": json_path,
+            "images": num_images,
+            "annotations": num_annotations,
+            "failed_images": len(labeling.failed),
+            "score_threshold": labeling.score.value,
+            "keypoint_threshold": labeling.keypoint.value,
+            "instances_per_image": report["instances_per_image"]["mean"],
+            "keypoints_per_instance": report["keypoints_per_instance"]["mean"],
+        }
+    }
+
+
+def annotate(cfg, model, output_dir: str, *, images: Optional[Sequence[dict]] = None) -> dict:
+    """Label the images of DD.ANNOTATE.DATASETS with ``model`` (see the module docstring).
+
+    Call it in every process of a job; it shards the images over them.
+
+    Args:
+        cfg: the config (views: TEST.AUG / DD.TTA; selection: DD.ANNOTATE; labeled data:
+            DATASETS.TRAIN).
+        model: the teacher, a Keypoint R-CNN GeneralizedRCNN with its weights loaded.
+        output_dir: where the outputs and the progress go.
+        images: the images to label instead of DD.ANNOTATE.DATASETS' (dicts with image_id,
+            file_name and optionally height, width), e.g. a subset.
+
+    Returns:
+        on rank 0, {"annotation": {...summary...}}; on other ranks, {}.
+    """
+    settings = AnnotationSettings.from_cfg(cfg)
+    cfg = views_config(cfg)
+    ensembler = KeypointRCNNWithTTA(cfg, model)  # checks the model and the views first
+    if images is None:
+        images = images_to_label(settings.datasets)
+    else:
+        images = [dict(r, dd_index=i) for i, r in enumerate(images)]
+        if not images:
+            raise ValueError("annotate: the list of images to label is empty.")
+        if len({r["image_id"] for r in images}) != len(images):
+            raise ValueError("annotate: the images to label have duplicate image_id values.")
+    labeled, label_space = _on_main_process_then_share(
+        lambda: (_labeled_stats(cfg, settings), _label_space(cfg, settings))
+    )
+
+    os.makedirs(output_dir, exist_ok=True)
+    store = ProgressStore(os.path.join(output_dir, PROGRESS_DIR))
+    fingerprint = _fingerprint(cfg, settings, len(images))
+    if comm.is_main_process():
+        store.write_fingerprint_if_missing(fingerprint)
+    comm.synchronize()
+    store.check_fingerprint(fingerprint)
+    done = store.finished_image_ids()
+    # No process may save a chunk before every process has listed the finished images: all
+    # must shard the same list.
+    comm.synchronize()
+    todo = [r for r in images if r["image_id"] not in done]
+    logger.info(
+        "Annotating %d images of %s (%d done in an earlier run), %d views, %d processes.",
+        len(todo), settings.datasets, len(images) - len(todo),
+        len(cfg.TEST.AUG.MIN_SIZES) * (2 if cfg.TEST.AUG.FLIP else 1), comm.get_world_size(),
+    )
+    # Nothing left (a rerun of a finished run): no loader, only the outputs are rewritten.
+    loader = build_detection_test_loader(
+        todo, mapper=ReadImageOrError(cfg.INPUT.FORMAT), num_workers=cfg.DATALOADER.NUM_WORKERS
+    ) if todo else []
+    evaluator = AnnotationEvaluator(
+        store,
+        cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS,
+        settings.save_period,
+        finalize=lambda: _write_outputs(cfg, settings, labeled, label_space, store, images, output_dir),
+    )
+    return inference_on_dataset(SkipUnreadable(ensembler), loader, evaluator)

@@ -1,0 +1,181 @@
+"""
+From the saved detections of every unlabeled image to hard labels.
+
+Three reads of the progress chunks, each holding one chunk's arrays at a time:
+
+1. the detection scores of all images -> the score threshold (fixed, or calibrated on all of
+   them: mean kept instances per readable image = the labeled data's mean instances per image);
+2. the keypoint scores of the instances kept by it -> the keypoint threshold (fixed, or
+   calibrated: mean keypoints with v = 2 per kept instance = the labeled data's mean labeled
+   keypoints per instance);
+3. the labels: instances with score >= the score threshold, keypoints with score >= the keypoint
+   threshold labeled v = 2 (the others v = 0), then instances with fewer than MIN_KEYPOINTS
+   visible keypoints dropped. That last filter comes after calibration, so it can lower the
+   achieved instances per image below the target; the report gives both.
+
+The result depends only on the set of (image, detections) pairs, not on how they were split into
+chunks, processes or runs: images are ordered by id.
+"""
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .coco_writer import ImageLabels
+from .progress import ProgressStore
+from .thresholds import LabeledStats, ThresholdChoice, threshold_for_mean
+
+__all__ = ["LabelingRule", "Labeling", "make_labels", "image_id_sort_key"]
+
+logger = logging.getLogger(__name__)
+
+
+def image_id_sort_key(image_id):
+    """Order of images in the output: ints numerically, strings after them, lexically."""
+    return (isinstance(image_id, str), image_id)
+
+
+@dataclass(frozen=True)
+class LabelingRule:
+    """How detections become labels (DD.ANNOTATE).
+
+    Attributes:
+        score_thresh: detection score threshold, None for "auto".
+        keypoint_thresh: keypoint score threshold, None for "auto".
+        min_keypoints: fewest visible keypoints a kept instance needs.
+    """
+
+    score_thresh: Optional[float]
+    keypoint_thresh: Optional[float]
+    min_keypoints: int
+
+
+@dataclass
+class Labeling:
+    """The labels and what the report needs.
+
+    Attributes:
+        labels: every readable image's labels, in output order.
+        failed: [image_id, file_name, reason] of images that could not be read, by id.
+        score: the score threshold chosen; keypoint: the keypoint threshold chosen.
+        all_scores: every detection's score (calibration of the score threshold).
+        candidate_keypoint_scores: (n, K) keypoint scores of the instances above the score
+            threshold (calibration of the keypoint threshold).
+        dropped_min_keypoints: instances dropped for too few visible keypoints.
+        num_keypoints: K.
+    """
+
+    labels: List[ImageLabels]
+    failed: List[list]
+    score: ThresholdChoice
+    keypoint: ThresholdChoice
+    all_scores: np.ndarray
+    candidate_keypoint_scores: np.ndarray
+    dropped_min_keypoints: int = 0
+    num_keypoints: int = 0
+
+
+def _choose(key: str, fixed: Optional[float], scores: np.ndarray, num_units: int, target: Optional[float]) -> ThresholdChoice:
+    if num_units == 0:
+        value = float("inf") if fixed is None else fixed
+        return ThresholdChoice(key, value, fixed is None, target, 0.0)
+    if fixed is None:
+        value, achieved = threshold_for_mean(scores, num_units, target)
+        return ThresholdChoice(key, value, True, target, achieved)
+    achieved = int(np.count_nonzero(scores >= np.float32(fixed))) / num_units
+    return ThresholdChoice(key, float(fixed), False, None, achieved)
+
+
+def make_labels(
+    store: ProgressStore,
+    images: Dict[object, dict],
+    rule: LabelingRule,
+    labeled: Optional[LabeledStats],
+    num_keypoints: int,
+) -> Labeling:
+    """Turn the saved detections into hard labels (see the module docstring).
+
+    Args:
+        store: the run's progress directory, holding every image's detections.
+        images: image_id -> dataset record (file_name, height, width) of every image to label.
+        rule: thresholds and the keypoint minimum.
+        labeled: statistics of the labeled data; needed for "auto" thresholds.
+        num_keypoints: K.
+
+    Returns:
+        Labeling.
+
+    Raises:
+        RuntimeError: some image has no saved detections (the progress directory is not
+            complete, e.g. not shared by all processes).
+    """
+    # 1. Scores of all detections.
+    scores, sizes, failed = [], {}, []
+    for chunk in store.iter_chunks(("scores",)):
+        scores.append(chunk["scores"])
+        sizes.update({image_id: (h, w) for image_id, h, w in chunk["meta"]["images"]})
+        failed.extend(chunk["meta"]["failed"])
+    missing = set(images) - set(sizes) - {f[0] for f in failed}
+    if missing:
+        example = sorted(missing, key=image_id_sort_key)[:5]
+        raise RuntimeError(
+            f"{store.root}: {len(missing)} images have no saved detections (e.g. ids {example}); "
+            "is the output directory shared by all processes?"
+        )
+    all_scores = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
+    num_readable = len(sizes)
+    score = _choose(
+        "DD.ANNOTATE.SCORE_THRESH", rule.score_thresh, all_scores, num_readable,
+        None if labeled is None else labeled.instances_per_image,
+    )
+    score_t = np.float32(score.value)
+
+    # 2. Keypoint scores of the instances above the score threshold.
+    candidates = [
+        chunk["keypoints"][chunk["scores"] >= score_t, :, 2]
+        for chunk in store.iter_chunks(("scores", "keypoints"))
+    ]
+    candidate_kp = np.concatenate(candidates) if candidates else np.zeros((0, num_keypoints), np.float32)
+    keypoint = _choose(
+        "DD.ANNOTATE.KEYPOINT_THRESH", rule.keypoint_thresh, candidate_kp.reshape(-1), len(candidate_kp),
+        None if labeled is None else labeled.keypoints_per_instance,
+    )
+    keypoint_t = np.float32(keypoint.value)
+
+    # 3. Labels.
+    by_id: Dict[object, ImageLabels] = {}
+    dropped = 0
+    for chunk in store.iter_chunks(("num_instances", "boxes", "scores", "classes", "keypoints")):
+        offsets = np.concatenate([[0], np.cumsum(chunk["num_instances"])])
+        for (image_id, height, width), start, end in zip(chunk["meta"]["images"], offsets[:-1], offsets[1:]):
+            sl = slice(int(start), int(end))
+            keep = chunk["scores"][sl] >= score_t
+            keypoints = chunk["keypoints"][sl][keep]
+            visible = keypoints[:, :, 2] >= keypoint_t
+            enough = visible.sum(axis=1) >= rule.min_keypoints
+            dropped += int(np.count_nonzero(~enough))
+            record = images[image_id]
+            by_id[image_id] = ImageLabels(
+                image_id=image_id,
+                file_name=record["file_name"],
+                height=height,
+                width=width,
+                boxes=chunk["boxes"][sl][keep][enough],
+                scores=chunk["scores"][sl][keep][enough],
+                classes=chunk["classes"][sl][keep][enough],
+                keypoints=keypoints[enough],
+                visible=visible[enough],
+            )
+    labels = [by_id[i] for i in sorted(by_id, key=image_id_sort_key)]
+    failed.sort(key=lambda f: image_id_sort_key(f[0]))
+    return Labeling(
+        labels=labels,
+        failed=failed,
+        score=score,
+        keypoint=keypoint,
+        all_scores=all_scores,
+        candidate_keypoint_scores=candidate_kp,
+        dropped_min_keypoints=dropped,
+        num_keypoints=num_keypoints,
+    )

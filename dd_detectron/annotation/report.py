@@ -1,0 +1,166 @@
+"""
+The report written next to the generated labels: a JSON of statistics and a PNG of the
+calibration curves (mean kept instances per image against the score threshold, mean visible
+keypoints per instance against the keypoint threshold).
+"""
+import io
+import logging
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .labels import Labeling, LabelingRule
+from .thresholds import LabeledStats
+
+__all__ = ["labeling_report", "plot_calibration"]
+
+logger = logging.getLogger(__name__)
+
+# Points drawn per calibration curve; more only slows the plot down.
+_CURVE_POINTS = 2000
+
+
+def _finite_or_none(x):
+    # A threshold is +inf when there was nothing to keep; JSON has no infinity.
+    return x if x is None or math.isfinite(x) else None
+
+
+def _count_histogram(counts: np.ndarray) -> dict:
+    values, freq = np.unique(counts, return_counts=True)
+    return {str(int(v)): int(f) for v, f in zip(values, freq)}
+
+
+def _histogram(values: np.ndarray, lo: float, hi: float, bins: int = 20) -> dict:
+    edges = np.linspace(lo, hi, bins + 1)
+    counts, _ = np.histogram(values, bins=edges)
+    return {"bin_edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def labeling_report(
+    labeling: Labeling,
+    labeled: Optional[LabeledStats],
+    rule: LabelingRule,
+    datasets: Sequence[str],
+    json_file: str,
+) -> dict:
+    """Statistics of a labeling, JSON-serialisable and free of timings (reproducible).
+
+    Args:
+        labeling: the labels and their thresholds.
+        labeled: the labeled data's statistics, or None when not computed.
+        rule: the labeling settings.
+        datasets: the labeled (unlabeled-data) datasets.
+        json_file: the generated JSON's file name.
+
+    Returns:
+        dict: images (total / labeled / failed), the failed images with reasons, thresholds
+        chosen with their targets and achieved means, instances per image and keypoints per
+        instance (mean and histogram), score histograms.
+    """
+    per_image = np.array([len(x.boxes) for x in labeling.labels], dtype=np.int64)
+    visible = (
+        np.concatenate([x.visible.sum(axis=1) for x in labeling.labels])
+        if labeling.labels else np.zeros((0,), np.int64)
+    )
+    kept_scores = (
+        np.concatenate([x.scores for x in labeling.labels]) if labeling.labels else np.zeros((0,), np.float32)
+    )
+    kp = labeling.candidate_keypoint_scores.reshape(-1)
+    kp_lo, kp_hi = (float(kp.min()), float(kp.max())) if len(kp) else (0.0, 1.0)
+    score_lo = min(0.0, float(labeling.all_scores.min())) if len(labeling.all_scores) else 0.0
+    score_hi = max(1.0, float(labeling.all_scores.max())) if len(labeling.all_scores) else 1.0
+
+    def threshold(choice):
+        out = choice.to_dict()
+        out["value"] = _finite_or_none(out["value"])
+        return out
+
+    return {
+        "datasets": list(datasets),
+        "json_file": json_file,
+        "images": {
+            "total": len(labeling.labels) + len(labeling.failed),
+            "labeled": len(labeling.labels),
+            "failed": len(labeling.failed),
+        },
+        "failed_images": [
+            {"image_id": i, "file_name": f, "error": e} for i, f, e in labeling.failed
+        ],
+        "labeled_data": None if labeled is None else labeled.to_dict(),
+        "score_threshold": threshold(labeling.score),
+        "keypoint_threshold": threshold(labeling.keypoint),
+        "min_keypoints": rule.min_keypoints,
+        "instances_dropped_min_keypoints": labeling.dropped_min_keypoints,
+        "instances": int(per_image.sum()),
+        "instances_per_image": {
+            "mean": float(per_image.mean()) if len(per_image) else 0.0,
+            "histogram": _count_histogram(per_image),
+        },
+        "keypoints_per_instance": {
+            "mean": float(visible.mean()) if len(visible) else 0.0,
+            "histogram": _count_histogram(visible),
+        },
+        "detection_score_histogram": {
+            "all": _histogram(labeling.all_scores, score_lo, score_hi),
+            "kept": _histogram(kept_scores, score_lo, score_hi),
+        },
+        "keypoint_score_histogram": {
+            # Keypoint scores of every instance above the score threshold (before the
+            # keypoint threshold), over their own range: they are not bounded to [0, 1].
+            "candidates": _histogram(kp, kp_lo, kp_hi),
+        },
+    }
+
+
+def _mean_count_curve(scores: np.ndarray, num_units: int):
+    """x: thresholds (descending scores), y: mean count per unit kept at each."""
+    s = np.sort(scores)[::-1]
+    y = np.arange(1, len(s) + 1) / max(num_units, 1)
+    if len(s) > _CURVE_POINTS:
+        idx = np.linspace(0, len(s) - 1, _CURVE_POINTS).astype(np.int64)
+        s, y = s[idx], y[idx]
+    return s, y
+
+
+def plot_calibration(labeling: Labeling, path: str) -> None:
+    """Draw the two calibration curves to a PNG, atomically.
+
+    Args:
+        labeling: the labels, their thresholds and the scores they were calibrated on.
+        path: the PNG file.
+    """
+    # The object-oriented API with the Agg canvas: no pyplot state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    panels = (
+        (labeling.score, labeling.all_scores, len(labeling.labels),
+         "detection score threshold", "mean kept instances per image"),
+        (labeling.keypoint, labeling.candidate_keypoint_scores.reshape(-1), len(labeling.candidate_keypoint_scores),
+         "keypoint score threshold", "mean visible keypoints per instance"),
+    )
+    for i, (choice, scores, units, xlabel, ylabel) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        x, y = _mean_count_curve(scores, units)
+        ax.step(x, y, where="post", color="tab:blue", label="teacher's predictions")
+        if choice.target is not None:
+            ax.axhline(choice.target, color="tab:green", linestyle="--", label=f"target {choice.target:.3f}")
+        if math.isfinite(choice.value):
+            mode = "auto" if choice.auto else "fixed"
+            ax.axvline(choice.value, color="tab:red", linestyle=":",
+                       label=f"{mode} threshold {choice.value:.4g} -> {choice.achieved:.3f}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+    os.replace(tmp, path)

@@ -1,0 +1,213 @@
+"""
+Generated keypoint labels (the annotation stage's COCO-format JSON) as detectron2 datasets.
+
+A generated file is an ordinary COCO person-keypoints JSON: ``images``, ``categories`` and
+``annotations`` that all carry ``keypoints`` (x, y, v per keypoint). Its image ``file_name``
+entries are joined to an image root with ``os.path.join``; detectron2's ``convert_to_coco_dict``
+writes the dataset dicts' ``file_name`` as they are (already joined with their own root), so the
+generated files use an empty image root: file names are absolute or relative to the working
+directory, as in the dataset that was annotated.
+
+Three ways to name generated data in ``DD.STUDENT.GENERATED_DATASETS``:
+
+- the builtin names of ``_BUILTIN_GENERATED`` below, whose files lie under
+  ``$DETECTRON2_DATASETS/dd_generated/`` (registered when this module is imported);
+- any name registered with :func:`register_generated_keypoints`;
+- a path ending in ``.json``: registered on first use under the name ``dd_generated:<abs path>``
+  (see :func:`resolve_generated_datasets`).
+
+Files are read lazily (when the dataset is loaded) and checked then: the error names the file.
+"""
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from detectron2.utils.file_io import PathManager
+
+__all__ = [
+    "register_generated_keypoints",
+    "load_generated_keypoints",
+    "resolve_generated_datasets",
+    "check_keypoint_length",
+]
+
+logger = logging.getLogger(__name__)
+
+# Prefix of the names under which .json path entries of DD.STUDENT.GENERATED_DATASETS are
+# registered.
+PATH_ENTRY_PREFIX = "dd_generated:"
+
+# Keypoint metadata a generated dataset copies from the dataset it shares its skeleton with.
+_KEYPOINT_METADATA_KEYS = ("keypoint_names", "keypoint_flip_map", "keypoint_connection_rules")
+
+
+@dataclass(frozen=True)
+class GeneratedSplit:
+    """A builtin generated-label dataset.
+
+    Attributes:
+        name: registered name.
+        json_file: path of the generated JSON, relative to $DETECTRON2_DATASETS.
+        keypoint_metadata_from: registered dataset whose keypoint names / flip map it shares,
+            or None.
+    """
+
+    name: str
+    json_file: str
+    keypoint_metadata_from: Optional[str] = None
+
+
+# Write (or link) the annotation stage's output to these paths to use the builtin names.
+_BUILTIN_GENERATED = (
+    # un-120: COCO 2017 unlabeled images, labeled by a teacher trained on co-115.
+    GeneratedSplit("dd_coco_un120_generated", "dd_generated/coco_un120_keypoints.json", "keypoints_coco_2017_train"),
+    # co-80: COCO 2014 train images, labeled by a teacher trained on co-35.
+    GeneratedSplit("dd_coco_co80_generated", "dd_generated/coco_co80_keypoints.json", "keypoints_coco_2014_train"),
+    # The embedded synthetic unlabeled split, labeled by the synthetic teacher.
+    GeneratedSplit("dd_synthetic_kp_generated", "dd_generated/synthetic_kp_keypoints.json"),
+)
+
+
+def check_keypoint_length(dataset_dicts: Sequence[dict], num_keypoints: Optional[int], where: str) -> int:
+    """Check that every annotation carries ``keypoints`` of one length, 3 * num_keypoints.
+
+    Args:
+        dataset_dicts: detectron2 dataset dicts.
+        num_keypoints: the expected number of keypoints K; None takes the first annotation's.
+        where: the file or config key named in the error.
+
+    Returns:
+        the number of keypoints K (0 when there is no annotation at all).
+    """
+    for record in dataset_dicts:
+        for ann in record.get("annotations", ()):
+            keypoints = ann.get("keypoints")
+            if keypoints is None:
+                raise ValueError(
+                    f"{where}: an annotation of image {record.get('image_id', record.get('file_name'))} "
+                    "has no 'keypoints'; generated labels for a keypoint student need keypoints "
+                    "(x, y, v) on every annotation."
+                )
+            if num_keypoints is None:
+                if len(keypoints) == 0 or len(keypoints) % 3 != 0:
+                    raise ValueError(f"{where}: 'keypoints' of length {len(keypoints)}, not 3 * K")
+                num_keypoints = len(keypoints) // 3
+            if len(keypoints) != 3 * num_keypoints:
+                raise ValueError(
+                    f"{where}: an annotation of image {record.get('image_id', record.get('file_name'))} "
+                    f"has {len(keypoints)} keypoint values, expected 3 * {num_keypoints} = "
+                    f"{3 * num_keypoints} (the labeled data's keypoints)."
+                )
+    return num_keypoints or 0
+
+
+def load_generated_keypoints(json_file: str, image_root: str = "", dataset_name: Optional[str] = None) -> List[dict]:
+    """Load and check a generated keypoint JSON.
+
+    Args:
+        json_file: the COCO-format file written by the annotation stage.
+        image_root: joined to every image ``file_name`` ("" keeps them as written).
+        dataset_name: registered name; its metadata gets thing_classes as for COCO.
+
+    Returns:
+        detectron2 dataset dicts, each annotation with ``keypoints``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not readable as COCO, has no images or no annotations, or an
+            annotation lacks keypoints; the message names the file.
+    """
+    if not PathManager.isfile(json_file):
+        raise FileNotFoundError(
+            f"Generated keypoint file {json_file} (dataset {dataset_name!r}) does not exist; write "
+            "it with the annotation stage (tools/annotate_net.py) or fix DD.STUDENT.GENERATED_DATASETS."
+        )
+    try:
+        dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{json_file}: not a COCO keypoint file detectron2 can read ({type(e).__name__}: {e})") from e
+    if len(dataset_dicts) == 0:
+        raise ValueError(f"{json_file}: the generated dataset {dataset_name!r} has no images.")
+    if not any(record.get("annotations") for record in dataset_dicts):
+        raise ValueError(
+            f"{json_file}: the generated dataset {dataset_name!r} has {len(dataset_dicts)} images "
+            "but no annotations, so no keypoints."
+        )
+    check_keypoint_length(dataset_dicts, None, json_file)
+    return dataset_dicts
+
+
+def register_generated_keypoints(
+    name: str, json_file: str, image_root: str = "", metadata: Optional[dict] = None
+) -> None:
+    """Register a generated keypoint JSON as a detectron2 dataset (read lazily, checked then).
+
+    Args:
+        name: the dataset name to register.
+        json_file: path of the COCO-format file.
+        image_root: joined to every image ``file_name``; "" (default) for files written by
+            detectron2's ``convert_to_coco_dict`` (see the module docstring).
+        metadata: extra metadata (e.g. keypoint_names, keypoint_flip_map).
+    """
+    DatasetCatalog.register(name, lambda: load_generated_keypoints(json_file, image_root, name))
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="coco", **(metadata or {})
+    )
+
+
+def resolve_generated_datasets(entries: Sequence[str]) -> Tuple[str, ...]:
+    """Turn DD.STUDENT.GENERATED_DATASETS into registered names, registering .json paths.
+
+    Args:
+        entries: registered dataset names, or paths ending in ".json".
+
+    Returns:
+        the registered names, in order.
+    """
+    if len(entries) == 0:
+        raise ValueError("DD.STUDENT.GENERATED_DATASETS is empty: a student needs generated data.")
+    registered = set(DatasetCatalog.list())
+    names = []
+    for entry in entries:
+        if entry.endswith(".json"):
+            path = os.path.abspath(entry)
+            if not PathManager.isfile(path):
+                raise FileNotFoundError(f"DD.STUDENT.GENERATED_DATASETS: the file {entry} does not exist.")
+            name = PATH_ENTRY_PREFIX + path
+            if name not in registered:
+                register_generated_keypoints(name, path)
+                registered.add(name)
+            names.append(name)
+        elif entry in registered:
+            names.append(entry)
+        else:
+            raise KeyError(
+                f"DD.STUDENT.GENERATED_DATASETS: {entry!r} is neither a registered dataset nor a "
+                "path to a .json file."
+            )
+    return tuple(names)
+
+
+def _keypoint_metadata(like: Optional[str]) -> dict:
+    if like is None or like not in DatasetCatalog.list():
+        return {}
+    meta = MetadataCatalog.get(like)
+    return {key: meta.get(key) for key in _KEYPOINT_METADATA_KEYS if meta.get(key) is not None}
+
+
+def register_all_generated(root: str) -> None:
+    """Register the builtin generated datasets of ``_BUILTIN_GENERATED``.
+
+    Args:
+        root: the datasets directory ($DETECTRON2_DATASETS).
+    """
+    for split in _BUILTIN_GENERATED:
+        register_generated_keypoints(
+            split.name, os.path.join(root, split.json_file), "", _keypoint_metadata(split.keypoint_metadata_from)
+        )
+
+
+register_all_generated(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))

@@ -1,0 +1,281 @@
+"""Tests of the keypoint ensembler (dd_detectron/modeling/test_time_augmentation.py).
+
+Random-weight tiny models on CPU: the properties tested (identity view = plain inference, flip
+equivariance of the {identity, flip} ensemble) hold for any weights.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES
+from detectron2.data.detection_utils import create_keypoint_hflip_indices
+from detectron2.modeling import build_model
+
+from dd_detectron import add_dd_config
+from dd_detectron.modeling.test_time_augmentation import (
+    HeatmapReducer,
+    KeypointRCNNWithTTA,
+    box_voting,
+    unflip_keypoint_logits,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+META = "dd_test_tta_keypoint_meta"
+MetadataCatalog.get(META).set(
+    keypoint_names=COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP
+)
+FLIP_INDICES = create_keypoint_hflip_indices([META])
+H, W = 96, 120  # W is not a multiple of 32: the batch is padded on the right
+
+
+def tiny_cfg(*opts):
+    """A narrow R-18-FPN Keypoint R-CNN config, random weights, 5 detections per image."""
+    cfg = get_cfg()
+    add_dd_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "Base-DD-Keypoint-RCNN-FPN.yaml"))
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu",
+        "MODEL.BACKBONE.NAME", "build_narrow_resnet_fpn_backbone",
+        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.STEM_OUT_CHANNELS", 8,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", 8, "MODEL.FPN.OUT_CHANNELS", 16,
+        "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", (16, 16), "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
+        # Unit-variance inputs keep random-weight heatmap logits finite after exp().
+        "MODEL.PIXEL_STD", [57.0, 57.0, 57.0],
+        "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
+        # Random weights: keep every detection, a fixed number of them.
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 5,
+        "DATASETS.TRAIN", (META,), "DATASETS.TEST", (),
+        "INPUT.MIN_SIZE_TEST", H, "INPUT.MAX_SIZE_TEST", 1000,
+        "TEST.AUG.MIN_SIZES", (H,), "TEST.AUG.MAX_SIZE", 1000, "TEST.AUG.FLIP", False,
+    ])
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def tiny_model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(cfg).eval()
+
+
+def random_image(seed=0, h=H, w=W):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+
+
+def run(model, image):
+    with torch.no_grad():
+        return model([{"image": image, "height": image.shape[1], "width": image.shape[2]}])[0]["instances"]
+
+
+def test_identity_view_equals_plain_inference():
+    cfg = tiny_cfg()
+    model = tiny_model(cfg)
+    image = random_image()
+    plain = run(model, image)
+    ens = run(KeypointRCNNWithTTA(cfg, model), image)
+    assert len(plain) == 5
+    # Same computation on the same boxes: bit-identical.
+    assert torch.equal(ens.pred_boxes.tensor, plain.pred_boxes.tensor)
+    assert torch.equal(ens.scores, plain.scores)
+    assert torch.equal(ens.pred_classes, plain.pred_classes)
+    assert torch.equal(ens.pred_keypoints, plain.pred_keypoints)
+    assert torch.equal(ens.pred_keypoint_heatmaps, plain.pred_keypoint_heatmaps)
+
+
+def _mirror_boxes(boxes, width):
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+def _match(a, b):
+    """Index of the nearest box of b for every box of a (a permutation, asserted)."""
+    dist = torch.cdist(a, b, p=1)
+    order = dist.argmin(dim=1)
+    assert len(set(order.tolist())) == len(a)
+    return order
+
+
+@pytest.mark.parametrize(
+    "seed,opts",
+    [
+        (0, ()),
+        (1, ("DD.TTA.KEYPOINT_REDUCE", "max", "DD.TTA.BOX_VOTING", True, "DD.TTA.BOX_VOTING_IOU", 0.5)),
+        (2, ("DD.TTA.CACHE_FEATURES", False, "DD.TTA.SCALE_SIZE_DEP", True, "DD.TTA.AREA_TH", 1500.0)),
+    ],
+)
+def test_flip_equivariance_for_random_weights(seed, opts):
+    """{identity, flip} on the mirrored image = the mirrored result, left/right swapped."""
+    cfg = tiny_cfg("TEST.AUG.FLIP", True, *opts)
+    ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg, seed))
+    image = random_image(seed)
+    a = run(ens, image)
+    b = run(ens, image.flip(-1))
+    assert len(a) == len(b) == 5
+
+    mirrored = _mirror_boxes(a.pred_boxes.tensor, W)
+    order = _match(mirrored, b.pred_boxes.tensor)
+    b = b[order]
+    # Float tolerance: the two images run in swapped batch positions; an off-by-one flip
+    # convention moves boxes by 1 px and keypoints by >= 1 heatmap pixel.
+    torch.testing.assert_close(b.pred_boxes.tensor, mirrored, rtol=0, atol=1e-3)
+    torch.testing.assert_close(b.scores, a.scores, rtol=1e-5, atol=1e-6)
+    kb = b.pred_keypoints[:, FLIP_INDICES]
+    ka = a.pred_keypoints
+    torch.testing.assert_close(kb[..., 0], W - ka[..., 0], rtol=0, atol=1e-3)
+    torch.testing.assert_close(kb[..., 1], ka[..., 1], rtol=0, atol=1e-3)
+    torch.testing.assert_close(kb[..., 2], ka[..., 2], rtol=1e-4, atol=1e-6)
+
+
+def test_flip_view_is_not_a_no_op():
+    """The flip view changes the result (else the equivariance test would prove nothing)."""
+    cfg = tiny_cfg()
+    model = tiny_model(cfg)
+    image = random_image()
+    one = run(KeypointRCNNWithTTA(cfg, model), image)
+    cfg_flip = tiny_cfg("TEST.AUG.FLIP", True)
+    two = run(KeypointRCNNWithTTA(cfg_flip, model), image)
+    assert not torch.equal(one.pred_boxes.tensor, two.pred_boxes.tensor)
+
+
+def test_unflip_reverses_width_and_swaps_channels():
+    # 1 box, 3 keypoints (0 = nose, 1 = left, 2 = right), 1 x 3 heatmaps.
+    logits = torch.tensor([[[[1.0, 2.0, 3.0]], [[4.0, 5.0, 6.0]], [[7.0, 8.0, 9.0]]]])
+    out = unflip_keypoint_logits(logits, [0, 2, 1])
+    expected = torch.tensor([[[[3.0, 2.0, 1.0]], [[9.0, 8.0, 7.0]], [[6.0, 5.0, 4.0]]]])
+    assert torch.equal(out, expected)
+
+
+def test_reduce_mean_and_max_by_hand():
+    v1 = torch.tensor([[[[1.0, -2.0]]], [[[0.0, 4.0]]]])  # 2 boxes, 1 keypoint, 1 x 2
+    v2 = torch.tensor([[[[3.0, -6.0]]], [[[2.0, 0.0]]]])
+    v3 = torch.tensor([[[[-1.0, 5.0]]]])  # covers box 1 only
+    mask3 = torch.tensor([False, True])
+
+    mean = HeatmapReducer(2, "mean")
+    for v, m in ((v1, None), (v2, None), (v3, mask3)):
+        mean.add(v, m)
+    expected_mean = torch.tensor([[[[2.0, -4.0]]], [[[1.0 / 3.0, 3.0]]]])
+    torch.testing.assert_close(mean.result(), expected_mean, rtol=0, atol=1e-7)
+
+    mx = HeatmapReducer(2, "max")
+    for v, m in ((v1, None), (v2, None), (v3, mask3)):
+        mx.add(v, m)
+    assert torch.equal(mx.result(), torch.tensor([[[[3.0, -2.0]]], [[[2.0, 5.0]]]]))
+
+
+def test_reduce_rejects_uncovered_box_and_bad_mode():
+    r = HeatmapReducer(2, "mean")
+    r.add(torch.zeros(1, 1, 2, 2), torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="no view"):
+        r.result()
+    with pytest.raises(ValueError, match="DD.TTA.KEYPOINT_REDUCE"):
+        HeatmapReducer(1, "median")
+
+
+def test_box_voting_by_hand():
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    pool = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [50.0, 50.0, 60.0, 60.0]])
+    scores = torch.tensor([0.9, 0.3, 0.8])
+    classes = torch.tensor([0, 0, 0])
+    out = box_voting(kept, torch.tensor([0]), pool, scores, classes, 0.5)
+    # IoU(box0, box1) = 81 / 119 >= 0.5; box 2 does not overlap.
+    expected = (0.9 * pool[0] + 0.3 * pool[1]) / 1.2
+    torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-6)
+    out = box_voting(kept, torch.tensor([0]), pool, scores, torch.tensor([0, 1, 0]), 0.5)
+    assert torch.equal(out, kept)  # the other class does not vote
+
+
+def test_recompute_equals_cache():
+    opts = ("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (H, 128))
+    model = tiny_model(tiny_cfg(*opts))
+    image = random_image(3)
+    cached = run(KeypointRCNNWithTTA(tiny_cfg(*opts), model), image)
+    recomputed = run(KeypointRCNNWithTTA(tiny_cfg(*opts, "DD.TTA.CACHE_FEATURES", False), model), image)
+    assert torch.equal(cached.pred_boxes.tensor, recomputed.pred_boxes.tensor)
+    assert torch.equal(cached.pred_keypoints, recomputed.pred_keypoints)
+
+
+def test_views_are_batched_by_size():
+    cfg = tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128))
+    ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
+    views, _ = ens._get_augmented_inputs({"image": random_image(), "height": H, "width": W})
+    assert ens._view_batches(views) == [[0, 1], [2, 3], [4, 5]]
+    calls = []
+    ens.model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    run(ens, random_image())
+    assert calls == [2, 2, 2]  # one backbone pass per view (pair), none for keypoints
+
+
+def test_scale_size_dep_masks():
+    cfg = tiny_cfg("DD.TTA.SCALE_SIZE_DEP", True, "DD.TTA.AREA_TH", 100.0)
+    ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
+    from detectron2.structures import Boxes, Instances
+
+    merged = Instances((H, W), pred_boxes=Boxes(torch.tensor([[0.0, 0.0, 5.0, 5.0], [0.0, 0.0, 50.0, 50.0]])))
+    views = [{"image": torch.zeros(3, h, 10)} for h in (48, H, 192)]  # down, plain, up
+    masks = ens._view_box_masks(views, merged, (H, W))
+    # Small box (area 25): no down-scaled view; large box (2500): no up-scaled view.
+    assert masks.tolist() == [[False, True], [True, True], [True, False]]
+    only_down_up = [views[0], views[2]]
+    masks = ens._view_box_masks(only_down_up, merged, (H, W))
+    assert masks.tolist() == [[False, True], [True, False]]
+    masks = ens._view_box_masks([views[0]], merged, (H, W))
+    assert masks.tolist() == [[True, True]]  # the small box would have no view: keeps all
+
+
+def test_no_detection_gives_empty_keypoints():
+    cfg = tiny_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 1.0, "TEST.AUG.FLIP", True)
+    out = run(KeypointRCNNWithTTA(cfg, tiny_model(cfg)), random_image())
+    assert len(out) == 0
+    assert tuple(out.pred_keypoints.shape) == (0, 17, 3)
+
+
+def test_clear_errors():
+    cfg = tiny_cfg()
+    model = tiny_model(cfg)
+    with pytest.raises(ValueError, match="MODEL.KEYPOINT_ON"):
+        KeypointRCNNWithTTA(tiny_cfg("MODEL.KEYPOINT_ON", False), model)
+    with pytest.raises(ValueError, match="TEST.AUG.MIN_SIZES"):
+        KeypointRCNNWithTTA(tiny_cfg("TEST.AUG.MIN_SIZES", ()), model)
+    with pytest.raises(ValueError, match="DD.TTA.KEYPOINT_REDUCE"):
+        KeypointRCNNWithTTA(tiny_cfg("DD.TTA.KEYPOINT_REDUCE", "median"), model)
+    with pytest.raises(ValueError, match="DATASETS.TRAIN"):
+        KeypointRCNNWithTTA(tiny_cfg("TEST.AUG.FLIP", True, "DATASETS.TRAIN", ("dd_test_no_meta",)), model)
+    no_kp_cfg = tiny_cfg("MODEL.KEYPOINT_ON", False)
+    no_kp_model = tiny_model(no_kp_cfg)
+    with pytest.raises(ValueError, match="no keypoint head"):
+        KeypointRCNNWithTTA(tiny_cfg(), no_kp_model)
+
+
+def test_trainer_evaluates_with_tta(tmp_path):
+    """DDTrainer.test_with_TTA (train_net's --eval-only ... TEST.AUG.ENABLED True path)."""
+    import json
+    import uuid
+
+    import cv2
+    from detectron2.data.datasets import register_coco_instances
+
+    from dd_detectron.engine import DDTrainer
+
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+        images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": H, "width": W})
+        keypoints = [v for k in range(17) for v in (20.0 + k, 30.0 + k, 2)]
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 60.0],
+                     "area": 3000.0, "iscrowd": 0, "keypoints": keypoints, "num_keypoints": 17})
+    json_file = tmp_path / "gt.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": anns,
+                                     "categories": [{"id": 1, "name": "person"}]}))
+    name = f"dd_test_tta_eval_{uuid.uuid4().hex[:8]}"
+    meta = dict(keypoint_names=COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP)
+    register_coco_instances(name, meta, str(json_file), str(tmp_path))
+    cfg = tiny_cfg("TEST.AUG.FLIP", True, "DATASETS.TEST", (name,), "OUTPUT_DIR", str(tmp_path / "out"),
+                   "DATALOADER.NUM_WORKERS", 0)
+    results = DDTrainer.test_with_TTA(cfg, tiny_model(cfg))
+    assert set(results) == {"bbox_TTA", "keypoints_TTA"}
+    assert "AP" in results["keypoints_TTA"]
+    assert os.path.exists(tmp_path / "out" / "inference_TTA" / name / "coco_instances_results.json")
