@@ -7,7 +7,7 @@ STAMP := $(VENV)/.dd-setup-done
 # A DETECTRON2_SOURCE given on the command line or in the environment is always (re)checked.
 FORCE_SETUP := $(if $(DETECTRON2_SOURCE),force-setup)
 
-.PHONY: setup demo test clean force-setup
+.PHONY: setup demo demo-full test clean force-setup
 
 setup: $(STAMP)
 
@@ -15,8 +15,13 @@ $(STAMP): setup.py tools/setup_env.py $(FORCE_SETUP)
 	$(PYTHON) tools/setup_env.py --venv $(VENV)
 	touch $@
 
+# The pipeline on the embedded synthetic data: one seed, shortened schedule (report in output/demo).
 demo: setup
-	$(VPY) tools/run_demo.py
+	$(VPY) tools/run_pipeline.py --config-file configs/Synthetic/pipeline_nR18-FPN_demo.yaml
+
+# Full schedules, 3 seeds, every ablation (report in output/demo-full).
+demo-full: setup
+	$(VPY) tools/run_pipeline.py --config-file configs/Synthetic/pipeline_nR18-FPN_full.yaml
 
 test: setup
 	$(VPY) -m pytest tests -q

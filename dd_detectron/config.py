@@ -40,6 +40,10 @@ def add_dd_config(cfg: CN) -> None:
     # True: keep each view's backbone features for the keypoint stage (one backbone pass per
     # view). False: recompute them there (two passes per view, memory bounded by one view).
     _C.DD.TTA.CACHE_FEATURES = True
+    # Views of the same image size (a view and its flip) run through the model as one batch of
+    # at most this many. An int >= 0; 0 = automatic: 2 on GPU (a view with its flip), 1 on CPU,
+    # where a batch of two runs no faster than two single passes (measured) and needs more memory.
+    _C.DD.TTA.VIEW_BATCH_SIZE = 0
 
     # ---------------------------------------------------------------------------------------
     # Annotation of unlabeled data (tools/annotate_net.py)
@@ -79,6 +83,33 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.STUDENT.INIT = "weights"
     # Teacher checkpoint for INIT = "teacher".
     _C.DD.STUDENT.TEACHER_WEIGHTS = ""
+
+    # ---------------------------------------------------------------------------------------
+    # The whole pipeline (tools/run_pipeline.py): teacher -> annotate -> student -> evaluate
+    # ---------------------------------------------------------------------------------------
+    _C.DD.PIPELINE = CN()
+    # Stage configs (paths relative to the working directory). The teacher config also drives
+    # the annotation stage (same model; views from its TEST.AUG).
+    _C.DD.PIPELINE.TEACHER_CONFIG = ""
+    _C.DD.PIPELINE.STUDENT_CONFIG = ""
+    # Oracle: trained with the true labels of the unlabeled data (upper reference); "" = none.
+    _C.DD.PIPELINE.ORACLE_CONFIG = ""
+    # The unlabeled dataset to label, and the dataset of its true labels ("" = no label AP).
+    _C.DD.PIPELINE.UNLABELED_DATASET = "synthetic_kp_unlabeled"
+    _C.DD.PIPELINE.UNLABELED_TRUTH = "synthetic_kp_unlabeled_truth"
+    # The shifted-distribution unlabeled dataset (the paper's Sports-1M analogue) and its truth,
+    # for the "shifted" ablation.
+    _C.DD.PIPELINE.SHIFTED_DATASET = "synthetic_kp_unlabeled_shifted"
+    _C.DD.PIPELINE.SHIFTED_TRUTH = "synthetic_kp_unlabeled_shifted_truth"
+    # One full teacher -> student run per seed (the SEED of every stage).
+    _C.DD.PIPELINE.SEEDS = (1,)
+    # Extra rows, any of: "single_view" (student on single-view labels), "finetune" (student
+    # fine-tuned from the teacher), "shifted" (student on labels of SHIFTED_DATASET), "oracle".
+    _C.DD.PIPELINE.ABLATIONS = ()
+    # KEY VALUE pairs appended to every stage's command line (e.g. a shorter schedule).
+    _C.DD.PIPELINE.STAGE_OPTS = []
+    # Where every stage writes (one folder per seed and stage) and the report goes.
+    _C.DD.PIPELINE.OUTPUT_DIR = "output/pipeline"
 
 
 def parse_threshold(value, key: str):

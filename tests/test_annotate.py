@@ -132,6 +132,7 @@ def tiny_cfg(labeled, unlabeled, *opts):
         "TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (72, 88), "TEST.AUG.MAX_SIZE", 1000,
         "TEST.AUG.FLIP", True,
         "DD.ANNOTATE.DATASETS", (unlabeled,), "DD.ANNOTATE.SAVE_PERIOD", 2,
+        "DD.TTA.VIEW_BATCH_SIZE", 2,  # a view with its flip: 2 backbone passes per image
     ])
     cfg.merge_from_list(list(opts))
     return cfg

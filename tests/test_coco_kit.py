@@ -382,7 +382,7 @@ def test_image_folder_dataset(tmp_path, caplog):
     folder = tmp_path / "my images"
     expected = _write_folder(folder)
     assert list_image_files(str(folder)) == sorted(list(expected) + ["broken.jpg"])
-    name = "dd_test_image_folder"
+    name = f"dd_test_image_folder_{uuid.uuid4().hex[:8]}"
     register_image_folder(name, str(folder))
     with caplog.at_level(logging.WARNING, logger="dd_detectron.data.datasets.image_folder"):
         records = DatasetCatalog.get(name)

@@ -198,7 +198,7 @@ def test_recompute_equals_cache():
 
 
 def test_views_are_batched_by_size():
-    cfg = tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128))
+    cfg = tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128), "DD.TTA.VIEW_BATCH_SIZE", 2)
     ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
     views, _ = ens._get_augmented_inputs({"image": random_image(), "height": H, "width": W})
     assert ens._view_batches(views) == [[0, 1], [2, 3], [4, 5]]
@@ -206,6 +206,14 @@ def test_views_are_batched_by_size():
     ens.model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     run(ens, random_image())
     assert calls == [2, 2, 2]  # one backbone pass per view (pair), none for keypoints
+    # Automatic batch size on CPU: one view at a time; the same results.
+    auto = KeypointRCNNWithTTA(tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128)), ens.model)
+    assert auto.batch_size == 1
+    calls.clear()
+    one = run(auto, random_image())
+    assert calls == [1] * 6
+    two = run(ens, random_image())
+    torch.testing.assert_close(one.pred_keypoints, two.pred_keypoints, rtol=1e-4, atol=1e-3)
 
 
 def test_scale_size_dep_masks():

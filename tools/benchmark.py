@@ -3,7 +3,7 @@
 Benchmarks of dd-detectron, one task per run, in the shape of detectron2's tools/benchmark.py.
 
     python tools/benchmark.py --task train_loader \\
-        --config-file configs/Synthetic/student_nR18-FPN_5k_labeled-generated.yaml \\
+        --config-file configs/Synthetic/student_nR18-FPN_4k_labeled-generated.yaml \\
         --output output/benchmark_train_loader.json DATALOADER.NUM_WORKERS 0
 
 Tasks (the TASKS table at the end):
@@ -335,7 +335,8 @@ def benchmark_tta(cfg, args) -> dict:
     ensembler = KeypointRCNNWithTTA(cfg, model)
     approaches = {
         "ensembler (dd_detectron)": ensembler,
-        "two backbone passes per view (detectron2 TTA style)": _TwoPassKeypointTTA(cfg, model),
+        # detectron2's GeneralizedRCNNWithTTA batches 3 views of any sizes.
+        "two backbone passes per view (detectron2 TTA style)": _TwoPassKeypointTTA(cfg, model, batch_size=3),
         "N single-view inferences": _single_views(ensembler),
     }
     names = list(approaches)
@@ -363,6 +364,7 @@ def benchmark_tta(cfg, args) -> dict:
     result = {
         "task": "tta",
         "device": cfg.MODEL.DEVICE,
+        "ensembler_view_batch_size": ensembler.batch_size,
         "torch_threads": torch.get_num_threads(),
         "weights": cfg.MODEL.WEIGHTS or "random",
         "views": num_views,
@@ -373,6 +375,7 @@ def benchmark_tta(cfg, args) -> dict:
             name: {
                 "images_per_s_median": statistics.median(rates[name]),
                 "images_per_s_pooled": pooled[name],
+                "images_per_s_per_round": rates[name],
                 "seconds_per_image": 1.0 / pooled[name],
                 "peak_memory_mib": memory[name].peak_mib,
                 "detections_per_image": statistics.mean(detections[name]),

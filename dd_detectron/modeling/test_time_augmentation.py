@@ -19,7 +19,6 @@ flipped view's heatmap column ``c`` therefore lies over the image point of colum
 import logging
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from fvcore.transforms import HFlipTransform
 
@@ -192,7 +191,8 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
     What it does, per image:
 
     1. views from ``tta_mapper`` (default ``DatasetMapperTTA``: ``TEST.AUG``); views of one
-       image size (a view and its flip) run as one batch;
+       image size (a view and its flip) run as one batch (``DD.TTA.VIEW_BATCH_SIZE``; by default
+       on GPU only);
     2. per batch: one backbone pass, RPN and box head; the features the keypoint head reads are
        kept (``DD.TTA.CACHE_FEATURES``) or dropped and recomputed in step 4 (memory bounded
        by one batch of views, for very large images);
@@ -210,14 +210,15 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
     pred_keypoint_heatmaps (the combined logits), in the input's ``height`` x ``width``.
     """
 
-    def __init__(self, cfg, model, tta_mapper=None, batch_size=3, *, keypoint_flip_indices=None):
+    def __init__(self, cfg, model, tta_mapper=None, batch_size=None, *, keypoint_flip_indices=None):
         """
         Args:
             cfg: a config with dd-detectron's keys (TEST.AUG.*, DD.TTA.*).
             model: a GeneralizedRCNN with a keypoint head (pooled, e.g. KRCNNConvDeconvUpsampleHead).
             tta_mapper: takes a dataset dict with "image" and returns the views, each with
                 "transforms"; default ``DatasetMapperTTA(cfg)``.
-            batch_size: at most this many views of the same image size run as one batch.
+            batch_size: at most this many views of the same image size run as one batch;
+                None: DD.TTA.VIEW_BATCH_SIZE (0 there: 2 on GPU, 1 on CPU).
             keypoint_flip_indices: K flip indices; default from the metadata of DATASETS.TRAIN
                 (or TEST), needed only when a view is flipped.
         """
@@ -232,6 +233,15 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         base_cfg = cfg.clone()
         base_cfg.defrost()
         base_cfg.MODEL.KEYPOINT_ON = False
+        if batch_size is None:
+            batch_size = cfg.DD.TTA.VIEW_BATCH_SIZE
+        if batch_size < 0:
+            raise ValueError(f"DD.TTA.VIEW_BATCH_SIZE must be >= 0 (0: automatic), got {batch_size}")
+        if batch_size == 0:
+            # Divergence: the base class batches 3 views of any sizes; here a view is batched
+            # with its flip where that pays (GPU), and runs alone on CPU.
+            on_gpu = next(iter(model.parameters())).device.type == "cuda"
+            batch_size = 2 if on_gpu else 1
         super().__init__(base_cfg, model, tta_mapper=tta_mapper, batch_size=batch_size)
         self.cfg = cfg.clone()
 

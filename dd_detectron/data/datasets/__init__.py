@@ -1,8 +1,14 @@
-# Importing this package registers the builtin datasets: the embedded synthetic_kp_* splits,
-# made on first use under $DETECTRON2_DATASETS (default "datasets").
-from .synthetic import ensure_synthetic_split, register_synthetic_keypoints  # noqa: F401
+# Importing this package registers the builtin datasets: the embedded synthetic_kp_* splits and
+# their tiny synthetic_kp_tiny_* copies, made on first use under $DETECTRON2_DATASETS (default
+# "datasets").
+from .synthetic import (  # noqa: F401
+    SYNTHETIC_SPLITS,
+    TINY_SYNTHETIC_SPLITS,
+    ensure_synthetic_split,
+    register_synthetic_keypoints,
+)
 
-register_synthetic_keypoints()
+register_synthetic_keypoints(splits=SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS)
 
 # Importing these registers the paper's unlabeled COCO splits that detectron2 lacks
 # (coco_2017_unlabeled = un-120, coco_2014_train_unlabeled = co-80 without labels) and the

@@ -187,7 +187,7 @@ def register_coco_unlabeled(root: Optional[str] = None, splits: Optional[Sequenc
             DD_DETECTRON.
 
     Returns:
-        the registered dataset names.
+        the dataset names registered by this call (a name registered before is left alone).
     """
     if root is None:
         root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
@@ -195,6 +195,11 @@ def register_coco_unlabeled(root: Optional[str] = None, splits: Optional[Sequenc
         splits = [s for s in PAPER_SPLITS if s.registered_by == DD_DETECTRON]
     names = []
     for split in splits:
+        if split.dataset_name in DatasetCatalog.list():
+            # Semi-supervised projects (e.g. unbiased-teacher) register coco_2017_unlabeled from the
+            # same file; importing both must not fail.
+            logger.info("%s is already registered; keeping that registration.", split.dataset_name)
+            continue
         json_file = os.path.join(root, split.json_file)
         image_root = os.path.join(root, split.image_root)
         DatasetCatalog.register(

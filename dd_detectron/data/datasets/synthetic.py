@@ -137,6 +137,18 @@ SYNTHETIC_SPLITS: Tuple[SyntheticSplit, ...] = (
     ),
 )
 
+# Tiny copies of the default splits (same renderers, other seeds), for the quick_schedules
+# configs that tests and smoke runs use: the whole pipeline runs on them in a few minutes.
+TINY_SYNTHETIC_SPLITS: Tuple[SyntheticSplit, ...] = tuple(
+    dataclasses.replace(
+        spec,
+        name=spec.name.replace("synthetic_kp_", "synthetic_kp_tiny_"),
+        num_images=num_images,
+        seed=spec.seed + 10,
+    )
+    for spec, num_images in zip(SYNTHETIC_SPLITS, (16, 24, 12, 24))
+)
+
 
 @dataclass(frozen=True)
 class SplitFiles:
@@ -167,7 +179,7 @@ def get_synthetic_split(name: str) -> SyntheticSplit:
     """
     if name in _REGISTERED:
         return _REGISTERED[name][0]
-    for spec in SYNTHETIC_SPLITS:
+    for spec in SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS:
         if spec.name == name:
             return spec
     raise KeyError(f"Unknown synthetic split {name!r}; known: {[s.name for s in SYNTHETIC_SPLITS]}")

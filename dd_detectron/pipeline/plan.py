@@ -1,0 +1,140 @@
+"""
+Which stages a pipeline config asks for: per seed, teacher -> annotate -> student, plus the
+ablations of DD.PIPELINE.ABLATIONS. Every stage is a command line of a stand-alone tool.
+"""
+import os
+from typing import List
+
+from detectron2.config import get_cfg
+
+from ..config import add_dd_config
+from .stages import Stage
+
+__all__ = ["ABLATIONS", "GENERATED_JSON", "build_stages", "load_stage_config"]
+
+# The annotation stage's output file (tools/annotate_net.py).
+GENERATED_JSON = "person_keypoints_generated.json"
+ABLATIONS = ("single_view", "finetune", "shifted", "oracle")
+
+
+def load_stage_config(config_file: str, opts=()):
+    """The config a stage's tool will see (used here to size the stages for the ETA)."""
+    cfg = get_cfg()
+    add_dd_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _tuple(*names: str) -> str:
+    return repr(tuple(names))
+
+
+def build_stages(cfg) -> List[Stage]:
+    """The stages of a pipeline config, in the order they must run.
+
+    Args:
+        cfg: a config with the DD.PIPELINE node filled in.
+
+    Returns:
+        the stages; names are "seed<k>/<row>" with rows teacher, labels_multiview, student,
+        and, with ablations, labels_singleview, student_singleview, student_finetune,
+        labels_shifted, student_shifted, oracle.
+    """
+    p = cfg.DD.PIPELINE
+    unknown = set(p.ABLATIONS) - set(ABLATIONS)
+    if unknown:
+        raise ValueError(f"DD.PIPELINE.ABLATIONS: unknown {sorted(unknown)}; allowed: {ABLATIONS}")
+    for key in ("TEACHER_CONFIG", "STUDENT_CONFIG"):
+        path = p.get(key)
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"DD.PIPELINE.{key}: config file {path!r} not found")
+    if "oracle" in p.ABLATIONS and not os.path.isfile(p.ORACLE_CONFIG):
+        raise ValueError(f"DD.PIPELINE.ORACLE_CONFIG: config file {p.ORACLE_CONFIG!r} not found (oracle ablation)")
+    if not p.SEEDS:
+        raise ValueError("DD.PIPELINE.SEEDS is empty")
+    common = list(p.STAGE_OPTS)
+    teacher_cfg = load_stage_config(p.TEACHER_CONFIG, common)
+    load_stage_config(p.STUDENT_CONFIG, common)  # a broken student config fails now, not in an hour
+    views = len(teacher_cfg.TEST.AUG.MIN_SIZES) * (2 if teacher_cfg.TEST.AUG.FLIP else 1)
+
+    def train_work(c):
+        return float(c.SOLVER.MAX_ITER * c.SOLVER.IMS_PER_BATCH)
+
+    stages: List[Stage] = []
+    for seed in p.SEEDS:
+        root = os.path.join(p.OUTPUT_DIR, f"seed{seed}")
+
+        def path(row: str) -> str:
+            return os.path.join(root, row)
+
+        def name(row: str) -> str:
+            return f"seed{seed}/{row}"
+
+        teacher_weights = os.path.join(path("teacher"), "model_final.pth")
+
+        def train(row, config, opts=(), depends=()):
+            c = load_stage_config(config, common + list(opts))
+            stages.append(
+                Stage(
+                    name=name(row),
+                    tool="train_net",
+                    args=["--config-file", config, *common, *opts, "OUTPUT_DIR", path(row), "SEED", str(seed)],
+                    output_dir=path(row),
+                    config_files=[config],
+                    depends_on=[name(d) for d in depends],
+                    work=train_work(c),
+                    resume_args=["--resume"],
+                )
+            )
+
+        def annotate(row, dataset, truth, multiview):
+            args = ["--config-file", p.TEACHER_CONFIG, "--output", path(row)]
+            if truth:
+                args += ["--truth", truth]
+            args += [
+                *common,
+                "MODEL.WEIGHTS", teacher_weights,
+                "TEST.AUG.ENABLED", str(multiview),
+                "DD.ANNOTATE.DATASETS", _tuple(dataset),
+                "SEED", str(seed),
+            ]
+            stages.append(
+                Stage(
+                    name=name(row),
+                    tool="annotate_net",
+                    args=args,
+                    output_dir=path(row),
+                    config_files=[p.TEACHER_CONFIG],
+                    depends_on=[name("teacher")],
+                    work=float(views if multiview else 1),
+                )
+            )
+
+        def student(row, labels_row, opts=()):
+            generated = os.path.join(path(labels_row), GENERATED_JSON)
+            train(
+                row,
+                p.STUDENT_CONFIG,
+                ["DD.STUDENT.GENERATED_DATASETS", _tuple(generated), *opts],
+                depends=[labels_row],  # and so, through the labels, on the teacher
+            )
+
+        train("teacher", p.TEACHER_CONFIG)
+        annotate("labels_multiview", p.UNLABELED_DATASET, p.UNLABELED_TRUTH, True)
+        student("student", "labels_multiview")
+        if "single_view" in p.ABLATIONS:
+            annotate("labels_singleview", p.UNLABELED_DATASET, p.UNLABELED_TRUTH, False)
+            student("student_singleview", "labels_singleview")
+        if "finetune" in p.ABLATIONS:
+            student(
+                "student_finetune",
+                "labels_multiview",
+                ["DD.STUDENT.INIT", "teacher", "DD.STUDENT.TEACHER_WEIGHTS", teacher_weights],
+            )
+        if "shifted" in p.ABLATIONS:
+            annotate("labels_shifted", p.SHIFTED_DATASET, p.SHIFTED_TRUTH, True)
+            student("student_shifted", "labels_shifted")
+        if "oracle" in p.ABLATIONS:
+            train("oracle", p.ORACLE_CONFIG)
+    return stages
