@@ -59,7 +59,9 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.ANNOTATE.SCORE_THRESH = "auto"
     # Keypoints whose score is >= this get v = 2, the others v = 0 (ignored by the loss): "auto"
     # (matches the mean number of labeled keypoints per instance in DATASETS.TRAIN) or a number
-    # written as a string. Keypoint scores are heatmap logits, so they are not bounded to [0, 1].
+    # written as a string. Keypoint scores are what detectron2's decoding reports in
+    # pred_keypoints[..., 2] (detectron2 0.6: the softmax of the heatmap at its peak, normalised
+    # over the pooled heatmap; older releases: the logit), so do not assume they lie in [0, 1].
     _C.DD.ANNOTATE.KEYPOINT_THRESH = "auto"
     # A kept instance needs at least this many keypoints with v = 2, else it is dropped.
     _C.DD.ANNOTATE.MIN_KEYPOINTS = 1
