@@ -470,7 +470,26 @@ SETTING_DATA = {
 
 def test_every_coco_config_is_part_of_a_setting():
     on_disk = {p.name for p in COCO_CONFIGS.glob("*.yaml")}
-    assert on_disk == {name for files in SETTINGS.values() for name in files}
+    pipelines = {f"pipeline_R50-FPN_{setting}.yaml" for setting in SETTINGS}
+    assert on_disk == {name for files in SETTINGS.values() for name in files} | pipelines
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_coco_pipeline_config_runs_the_setting(setting, monkeypatch):
+    """run_pipeline's plan for a setting: its teacher, the labels of its unlabeled split, its student."""
+    from dd_detectron.pipeline import build_stages
+
+    monkeypatch.chdir(COCO_CONFIGS.parent.parent)
+    cfg = load_config(COCO_CONFIGS / f"pipeline_R50-FPN_{setting}.yaml")
+    teacher, _, student = SETTINGS[setting]
+    _, unlabeled, _ = SETTING_DATA[setting]
+    stages = {s.name.split("/")[1]: s for s in build_stages(cfg)}
+    assert list(stages) == ["teacher", "labels_multiview", "student"]
+    assert stages["teacher"].args[:2] == ["--config-file", f"configs/COCO-Keypoints/{teacher}"]
+    annotate_args = stages["labels_multiview"].args
+    assert annotate_args[annotate_args.index("DD.ANNOTATE.DATASETS") + 1] == repr((unlabeled,))
+    assert annotate_args[annotate_args.index("TEST.AUG.ENABLED") + 1] == "True"
+    assert stages["student"].args[:2] == ["--config-file", f"configs/COCO-Keypoints/{student}"]
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
