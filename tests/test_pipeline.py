@@ -33,6 +33,11 @@ def _args(output_dir, *opts):
     )
 
 
+def _same(a, b) -> bool:
+    """Equal figures; detectron2 reports an empty area range as NaN, and NaN != NaN in Python."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """One tiny pipeline run (teacher, multi-view labels, student), shared by the tests below."""
@@ -67,24 +72,25 @@ def test_second_run_skips_finished_stages(finished_run, caplog):
     records = {p: p.read_text() for p in out.rglob(STAGE_RECORD)}
     again = tool.main(_args(out))
     assert {p: p.read_text() for p in out.rglob(STAGE_RECORD)} == records  # nothing reran
-    assert again["per_seed"] == first["per_seed"]
+    assert _same(again["per_seed"], first["per_seed"])
     assert again["wall_time_s"] == first["wall_time_s"]
 
 
-def test_run_killed_between_stages_resumes_to_the_same_report(finished_run, tmp_path):
+def test_run_killed_between_stages_resumes_to_the_same_report(finished_run):
     tool, out, first = finished_run
-    # A run that stopped after the teacher: the later stages' folders are gone.
-    resumed = tmp_path / "resumed"
-    shutil.copytree(out / "seed1" / "teacher", resumed / "seed1" / "teacher")
-    report = tool.main(_args(resumed))
-    teacher_record = json.loads((resumed / "seed1" / "teacher" / STAGE_RECORD).read_text())
-    assert teacher_record == json.loads((out / "seed1" / "teacher" / STAGE_RECORD).read_text())
+    seed = out / "seed1"
+    teacher_record = (seed / "teacher" / STAGE_RECORD).read_text()
+    labels = (seed / "labels_multiview" / "person_keypoints_generated.json").read_text()
+    # As if the run had been killed after the teacher: the later stages never happened.
+    for row in ("labels_multiview", "student"):
+        shutil.rmtree(seed / row)
+    for ext in ("md", "json", "png"):
+        (out / f"report.{ext}").unlink()
+    report = tool.main(_args(out))
+    assert (seed / "teacher" / STAGE_RECORD).read_text() == teacher_record  # not retrained
     # Same teacher, deterministic CPU stages: the same labels and the same final figures.
-    for name in ("labels_multiview/person_keypoints_generated.json",):
-        assert (resumed / "seed1" / name).read_text().replace(str(resumed), "") == (
-            out / "seed1" / name
-        ).read_text().replace(str(out), "")
-    assert report["per_seed"] == json.loads(json.dumps(first["per_seed"]))
+    assert (seed / "labels_multiview" / "person_keypoints_generated.json").read_text() == labels
+    assert _same(report["per_seed"], first["per_seed"])
 
 
 def test_fingerprint_follows_configs_bases_and_inputs(tmp_path):
