@@ -408,6 +408,9 @@ def _shard_worker(rank, world_size, port, state_path, labeled_json, unlabeled_js
 
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"world_size": comm.get_world_size(), "local_rank": comm.get_local_rank()}, f)
+    comm.synchronize()
+    # As in test_ratio_loader's gloo worker: gloo's teardown can abort a finished worker.
+    os._exit(0)
 
 
 def test_sharded_equals_single_process(data, tmp_path):

@@ -259,8 +259,9 @@ def _gloo_worker(rank, world_size, rendezvous, out_dir):
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"batches": batches, "scalars": scalars}, f)
     dist.barrier()
-    # Exit without tearing gloo down: its teardown sometimes aborts a process that has done all
-    # its work (SIGABRT, "terminate called without an active exception", about 1 run in 8 here).
+    # Exit without tearing gloo down: its teardown (at interpreter exit, and here even after an
+    # explicit destroy_process_group) sometimes aborts a process that has done all its work
+    # (SIGABRT, "terminate called without an active exception"). All this test checks is on disk.
     os._exit(0)
 
 

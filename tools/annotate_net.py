@@ -34,6 +34,7 @@ from dd_detectron.annotation import (
     init_distributed_from_env,
     label_quality,
     launched_by_torchrun,
+    shutdown_distributed,
 )
 from dd_detectron.data.datasets import register_folder_datasets_in_cfg
 
@@ -109,6 +110,7 @@ if __name__ == "__main__":
         # torchrun started the processes: join them (gloo on CPU), as launch() would have.
         init_distributed_from_env()
         main(args)
+        shutdown_distributed()  # only on success: after an error, torchrun stops the other ranks
     else:
         launch(
             main,

@@ -1,6 +1,6 @@
 """The annotation stage of Data Distillation: hard COCO keypoint labels for unlabeled images."""
 from .coco_writer import ImageLabels, LabelSpace, write_coco_keypoints_json
-from .distributed import init_distributed_from_env, launched_by_torchrun
+from .distributed import init_distributed_from_env, launched_by_torchrun, shutdown_distributed
 from .engine import CALIBRATION_PNG, OUTPUT_JSON, STATS_JSON, AnnotationSettings, annotate, views_config
 from .quality import label_quality
 from .thresholds import LabeledStats, labeled_statistics, threshold_for_mean
@@ -21,4 +21,5 @@ __all__ = [
     "threshold_for_mean",
     "init_distributed_from_env",
     "launched_by_torchrun",
+    "shutdown_distributed",
 ]

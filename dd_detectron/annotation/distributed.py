@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from detectron2.utils import comm
 
-__all__ = ["launched_by_torchrun", "init_distributed_from_env"]
+__all__ = ["launched_by_torchrun", "init_distributed_from_env", "shutdown_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +47,15 @@ def init_distributed_from_env(backend: str = None) -> None:
                 comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
     logger.info("Process %d of %d (local %d of %d), backend %s.", rank, world_size, local_rank, local_size, backend)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group together and tear it down before the interpreter exits.
+
+    A gloo group left to the interpreter's exit can abort a process that finished its work
+    (SIGABRT, "terminate called without an active exception"): its worker threads outlive
+    Python. The barrier first keeps a fast rank from closing sockets a slower one still uses.
+    """
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
