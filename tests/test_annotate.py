@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 from detectron2.data.datasets.builtin_meta import (
@@ -26,7 +25,6 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
 
-from dd_detectron import add_dd_config
 from dd_detectron.annotation import (
     CALIBRATION_PNG,
     OUTPUT_JSON,
@@ -41,6 +39,7 @@ from dd_detectron.annotation import (
 )
 from dd_detectron.annotation.labels import LabelingRule, make_labels
 from dd_detectron.annotation.progress import PredictionChunk, ProgressStore
+from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 17
@@ -115,32 +114,13 @@ def make_dataset(root, n, seed, annotations_per_image=None, num_visible=10, extr
 
 
 def tiny_cfg(labeled, unlabeled, *opts):
-    cfg = get_cfg()
-    add_dd_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "Base-DD-Keypoint-RCNN-FPN.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
-        "MODEL.BACKBONE.NAME", "build_narrow_resnet_fpn_backbone",
-        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.STEM_OUT_CHANNELS", 8,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", 8, "MODEL.FPN.OUT_CHANNELS", 16,
-        "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", (16, 16), "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
-        "MODEL.PIXEL_STD", [57.0, 57.0, 57.0], "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 4,
-        "DATASETS.TRAIN", (labeled,), "DATASETS.TEST", (),
-        "DATALOADER.NUM_WORKERS", 0,
-        "INPUT.MIN_SIZE_TEST", 72, "INPUT.MAX_SIZE_TEST", 1000,
-        "TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (72, 88), "TEST.AUG.MAX_SIZE", 1000,
-        "TEST.AUG.FLIP", True,
-        "DD.ANNOTATE.DATASETS", (unlabeled,), "DD.ANNOTATE.SAVE_PERIOD", 2,
+    return tiny_keypoint_rcnn_cfg(
+        "TEST.DETECTIONS_PER_IMAGE", 4, "DATASETS.TRAIN", (labeled,), "DATALOADER.NUM_WORKERS", 0,
+        "INPUT.MIN_SIZE_TEST", 72, "TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (72, 88),
+        "TEST.AUG.FLIP", True, "DD.ANNOTATE.DATASETS", (unlabeled,), "DD.ANNOTATE.SAVE_PERIOD", 2,
         "DD.TTA.VIEW_BATCH_SIZE", 2,  # a view with its flip: 2 backbone passes per image
-    ])
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
-def tiny_model(cfg, seed=0):
-    torch.manual_seed(seed)
-    return build_model(cfg).eval()
+        *opts,
+    )
 
 
 @pytest.fixture(scope="module")

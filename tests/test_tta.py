@@ -8,21 +8,18 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
-from detectron2.modeling import build_model
 
-from dd_detectron import add_dd_config
 from dd_detectron.modeling.test_time_augmentation import (
     HeatmapReducer,
     KeypointRCNNWithTTA,
     box_voting,
     unflip_keypoint_logits,
 )
+from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = "dd_test_tta_keypoint_meta"
 MetadataCatalog.get(META).set(
     keypoint_names=COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP
@@ -32,32 +29,11 @@ H, W = 96, 120  # W is not a multiple of 32: the batch is padded on the right
 
 
 def tiny_cfg(*opts):
-    """A narrow R-18-FPN Keypoint R-CNN config, random weights, 5 detections per image."""
-    cfg = get_cfg()
-    add_dd_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "Base-DD-Keypoint-RCNN-FPN.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
-        "MODEL.BACKBONE.NAME", "build_narrow_resnet_fpn_backbone",
-        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.STEM_OUT_CHANNELS", 8,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", 8, "MODEL.FPN.OUT_CHANNELS", 16,
-        "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", (16, 16), "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
-        # Unit-variance inputs keep random-weight heatmap logits finite after exp().
-        "MODEL.PIXEL_STD", [57.0, 57.0, 57.0],
-        "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
-        # Random weights: keep every detection, a fixed number of them.
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 5,
-        "DATASETS.TRAIN", (META,), "DATASETS.TEST", (),
-        "INPUT.MIN_SIZE_TEST", H, "INPUT.MAX_SIZE_TEST", 1000,
-        "TEST.AUG.MIN_SIZES", (H,), "TEST.AUG.MAX_SIZE", 1000, "TEST.AUG.FLIP", False,
-    ])
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
-def tiny_model(cfg, seed=0):
-    torch.manual_seed(seed)
-    return build_model(cfg).eval()
+    """The tiny model at H, one identity view, 5 detections per image."""
+    return tiny_keypoint_rcnn_cfg(
+        "TEST.DETECTIONS_PER_IMAGE", 5, "DATASETS.TRAIN", (META,), "INPUT.MIN_SIZE_TEST", H,
+        "TEST.AUG.MIN_SIZES", (H,), "TEST.AUG.FLIP", False, *opts,
+    )
 
 
 def random_image(seed=0, h=H, w=W):
