@@ -110,6 +110,10 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.PIPELINE.ABLATIONS = ()
     # KEY VALUE pairs appended to every stage's command line (e.g. a shorter schedule).
     _C.DD.PIPELINE.STAGE_OPTS = []
+    # Run each annotation stage as this many torchrun processes (gloo on CPUs, NCCL on GPUs),
+    # sharding the images; 0 or 1 = one process. On a small CPU, N one-thread processes label
+    # faster than one N-thread process (small convolutions scale poorly across threads).
+    _C.DD.PIPELINE.ANNOTATE_PROCESSES = 0
     # Where every stage writes (one folder per seed and stage) and the report goes.
     _C.DD.PIPELINE.OUTPUT_DIR = "output/pipeline"
 

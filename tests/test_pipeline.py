@@ -29,7 +29,8 @@ def _args(output_dir, *opts):
         num_machines=1,
         machine_rank=0,
         dist_url="auto",
-        opts=["DD.PIPELINE.OUTPUT_DIR", str(output_dir), *opts],
+        # Labels by 2 torchrun processes: the CPU path of a sharded annotation stage, end to end.
+        opts=["DD.PIPELINE.OUTPUT_DIR", str(output_dir), "DD.PIPELINE.ANNOTATE_PROCESSES", "2", *opts],
     )
 
 
@@ -55,6 +56,9 @@ def test_every_stage_output_exists_and_feeds_the_next(finished_run):
     labels = json.loads((seed / "labels_multiview" / "person_keypoints_generated.json").read_text())
     assert len(labels["images"]) == 24  # every tiny unlabeled image, kept instances or not
     assert labels["categories"][0]["keypoints"] and labels["categories"][0]["skeleton"]
+    record = json.loads((seed / "labels_multiview" / STAGE_RECORD).read_text())
+    assert record["command"][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert "2 processes" in (seed / "labels_multiview" / "log.txt").read_text()
     # The student was trained on those labels: its loader logged generated images.
     student_log = [json.loads(l) for l in (seed / "student" / "metrics.json").read_text().splitlines()]
     assert any(m.get("dd/generated_images") == 2 for m in student_log)
@@ -123,6 +127,10 @@ def test_bad_pipeline_config_names_the_key(tmp_path):
     cfg = get_cfg()
     add_dd_config(cfg)
     cfg.merge_from_file(str(REPO / TINY))
+    cfg.DD.PIPELINE.ANNOTATE_PROCESSES = -1
+    with pytest.raises(ValueError, match=r"DD\.PIPELINE\.ANNOTATE_PROCESSES must be >= 0, got -1"):
+        build_stages(cfg)
+    cfg.DD.PIPELINE.ANNOTATE_PROCESSES = 0
     cfg.DD.PIPELINE.ABLATIONS = ("nonsense",)
     with pytest.raises(ValueError, match=r"DD\.PIPELINE\.ABLATIONS: unknown \['nonsense'\]"):
         build_stages(cfg)

@@ -19,6 +19,7 @@ box and keypoint AP against that dataset's true labels.
 import json
 import logging
 import os
+import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -111,6 +112,13 @@ if __name__ == "__main__":
         init_distributed_from_env()
         main(args)
         shutdown_distributed()  # only on success: after an error, torchrun stops the other ranks
+        # Everything is written. Leave without the interpreter's teardown, which can still abort a
+        # finished gloo process (SIGABRT, "terminate called without an active exception") and
+        # so fail a complete run.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     else:
         launch(
             main,

@@ -57,6 +57,12 @@ def build_stages(cfg) -> List[Stage]:
     teacher_cfg = load_stage_config(p.TEACHER_CONFIG, common)
     load_stage_config(p.STUDENT_CONFIG, common)  # a broken student config fails now, not in an hour
     views = len(teacher_cfg.TEST.AUG.MIN_SIZES) * (2 if teacher_cfg.TEST.AUG.FLIP else 1)
+    if p.ANNOTATE_PROCESSES < 0:
+        raise ValueError(f"DD.PIPELINE.ANNOTATE_PROCESSES must be >= 0, got {p.ANNOTATE_PROCESSES}")
+    annotate_launcher = (
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={p.ANNOTATE_PROCESSES}"]
+        if p.ANNOTATE_PROCESSES > 1 else []
+    )
 
     def train_work(c):
         return float(c.SOLVER.MAX_ITER * c.SOLVER.IMS_PER_BATCH)
@@ -108,6 +114,7 @@ def build_stages(cfg) -> List[Stage]:
                     config_files=[p.TEACHER_CONFIG],
                     depends_on=[name("teacher")],
                     work=float(views if multiview else 1),
+                    launcher=annotate_launcher,
                 )
             )
 

@@ -49,6 +49,8 @@ class Stage:
         config_files: YAML files whose contents the output depends on.
         depends_on: names of stages whose outputs this one reads.
         work: a size in the stage kind's unit (images seen or images labeled), for the ETA.
+        launcher: interpreter arguments that start the tool, e.g. torchrun's module and its
+            process count; empty = run the script directly.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Stage:
     depends_on: Sequence[str] = ()
     work: float = 1.0
     resume_args: List[str] = field(default_factory=list)
+    launcher: List[str] = field(default_factory=list)
 
 
 def config_files_digest(paths: Sequence[str]) -> str:
@@ -106,6 +109,7 @@ class StageRunner:
         blob = json.dumps(
             {
                 "tool": stage.tool,
+                "launcher": stage.launcher,
                 "args": stage.args,
                 "configs": config_files_digest(stage.config_files),
                 "inputs": [self.fingerprints[d] for d in stage.depends_on],
@@ -165,7 +169,9 @@ class StageRunner:
 
     def _command(self, stage: Stage, resume: bool) -> List[str]:
         tool = os.path.join(REPO_ROOT, "tools", stage.tool + ".py")
-        return [self.python, tool, *self.launch_args, *(stage.resume_args if resume else []), *stage.args]
+        return [
+            self.python, *stage.launcher, tool, *self.launch_args, *(stage.resume_args if resume else []), *stage.args
+        ]
 
     def _run_one(self, stage: Stage, resume: bool) -> float:
         os.makedirs(stage.output_dir, exist_ok=True)
