@@ -263,3 +263,25 @@ def test_trainer_evaluates_with_tta(tmp_path):
     assert set(results) == {"bbox_TTA", "keypoints_TTA"}
     assert "AP" in results["keypoints_TTA"]
     assert os.path.exists(tmp_path / "out" / "inference_TTA" / name / "coco_instances_results.json")
+
+
+def test_benchmark_tta_task_runs_every_approach():
+    import argparse
+    import importlib.util
+
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark.py")
+    spec = importlib.util.spec_from_file_location("dd_benchmark_tta", tool)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    cfg = tiny_cfg("TEST.AUG.MIN_SIZES", (64, H), "TEST.AUG.FLIP", True)
+    args = argparse.Namespace(rounds=2, num_iters=1, warmup=0, image_size=[H, W])
+    result = benchmark.TASKS["tta"](cfg, args)
+    approaches = result["approaches"]
+    assert len(approaches) == 4 and result["views"] == 4
+    # Random weights, score threshold 0: every approach that detects keeps the fixed number.
+    for name, r in approaches.items():
+        assert r["images_per_s_median"] > 0
+        if not name.startswith("backbone"):
+            assert r["detections_per_image"] == 5
+    assert result["backbone_share_of_ensembler"] > 0.0
+    assert result["speedup_over_two_pass_bound"] == 1.0 + result["backbone_share_of_ensembler"]
