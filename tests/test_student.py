@@ -195,7 +195,9 @@ def test_student_config(path):
         assert cfg.SOLVER.MAX_ITER > COCO_TEACHER_MAX_ITER
         assert max(cfg.SOLVER.STEPS) < cfg.SOLVER.MAX_ITER
     else:
-        teachers = sorted(path.parent.glob("teacher_*.yaml"))
-        if not teachers:
-            pytest.skip("no synthetic teacher config to compare the schedule with")
-        assert cfg.SOLVER.MAX_ITER > max(load_config(t).SOLVER.MAX_ITER for t in teachers)
+        # Longer than the teacher it is paired with in its folder's pipeline configs.
+        pipelines = [load_config(p).DD.PIPELINE for p in path.parent.glob("pipeline_*.yaml")]
+        teachers = {p.TEACHER_CONFIG for p in pipelines if Path(p.STUDENT_CONFIG).name == path.name}
+        assert teachers, f"no pipeline config in {path.parent} pairs {path.name} with a teacher"
+        for teacher in teachers:
+            assert cfg.SOLVER.MAX_ITER > load_config(REPO / teacher).SOLVER.MAX_ITER, teacher
