@@ -15,11 +15,9 @@ report.json, report.png) is written to DD.PIPELINE.OUTPUT_DIR.
 import logging
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.utils.logger import setup_logger
 
-from dd_detectron import add_dd_config
 from dd_detectron.pipeline import StageRunner, build_report, build_stages, write_report
 from dd_detectron.pipeline.plan import load_stage_config
 
@@ -28,10 +26,7 @@ logger = logging.getLogger("dd_detectron")
 
 def setup(args):
     """The frozen pipeline config from --config-file and trailing KEY VALUE pairs."""
-    cfg = get_cfg()
-    add_dd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_stage_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

@@ -50,11 +50,12 @@ def init_distributed_from_env(backend: str = None) -> None:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group together and tear it down before the interpreter exits.
+    """Leave the process group together and tear it down.
 
-    A gloo group left to the interpreter's exit can abort a process that finished its work
-    (SIGABRT, "terminate called without an active exception"): its worker threads outlive
-    Python. The barrier first keeps a fast rank from closing sockets a slower one still uses.
+    The barrier keeps a rank that is done from exiting while rank 0 still merges and writes.
+    Torch's own teardown of a gloo group at interpreter exit can still abort a finished process
+    (SIGABRT, "terminate called without an active exception"), so tools/annotate_net.py exits
+    with os._exit after this.
     """
     if dist.is_available() and dist.is_initialized():
         comm.synchronize()

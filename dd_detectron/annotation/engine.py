@@ -32,6 +32,7 @@ from detectron2.utils import comm
 
 from ..config import parse_threshold
 from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
+from ..utils import write_atomic
 from .coco_writer import LabelSpace, write_coco_keypoints_json
 from .evaluator import AnnotationEvaluator
 from .inputs import ReadImageOrError, SkipUnreadable, images_to_label
@@ -187,10 +188,7 @@ def _write_outputs(cfg, settings, labeled, label_space, store, images, output_di
     num_images, num_annotations = write_coco_keypoints_json(json_path, labeling.labels, label_space, info)
     report = labeling_report(labeling, labeled, settings.rule, settings.datasets, OUTPUT_JSON)
     stats_path = os.path.join(output_dir, STATS_JSON)
-    tmp = f"{stats_path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, stats_path)
+    write_atomic(stats_path, json.dumps(report, indent=1))
     plot_calibration(labeling, os.path.join(output_dir, CALIBRATION_PNG))
     logger.info(
         "Wrote %s: %d images, %d annotations (%.3f per image, %.2f visible keypoints each); score "

@@ -21,6 +21,8 @@ from typing import Dict, Iterator, List, Optional, Set
 
 import numpy as np
 
+from ..utils import write_atomic
+
 __all__ = ["PredictionChunk", "ProgressStore"]
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class ProgressStore:
     def write_fingerprint_if_missing(self, fingerprint: dict) -> None:
         """Record what produces this run's detections (only the first run of a directory)."""
         if not os.path.exists(self._fingerprint_path()):
-            _atomic_write_text(self._fingerprint_path(), json.dumps(fingerprint, indent=1, sort_keys=True))
+            write_atomic(self._fingerprint_path(), json.dumps(fingerprint, indent=1, sort_keys=True))
 
     def check_fingerprint(self, fingerprint: dict) -> None:
         """
@@ -168,8 +170,3 @@ class ProgressStore:
             yield out
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

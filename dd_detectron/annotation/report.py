@@ -6,11 +6,11 @@ keypoints per instance against the keypoint threshold).
 import io
 import logging
 import math
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ..utils import write_atomic
 from .labels import Labeling, LabelingRule
 from .thresholds import LabeledStats
 
@@ -160,7 +160,4 @@ def plot_calibration(labeling: Labeling, path: str) -> None:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())

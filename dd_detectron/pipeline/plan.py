@@ -18,7 +18,8 @@ ABLATIONS = ("single_view", "finetune", "shifted", "oracle")
 
 
 def load_stage_config(config_file: str, opts=()):
-    """The config a stage's tool will see (used here to size the stages for the ETA)."""
+    """A config with dd-detectron's keys from a YAML file and KEY VALUE pairs (the pipeline's
+    own config, and the config a stage's tool will see: used to size the stages for the ETA)."""
     cfg = get_cfg()
     add_dd_config(cfg)
     cfg.merge_from_file(config_file)

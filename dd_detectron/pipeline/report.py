@@ -5,10 +5,13 @@ every set of generated labels, per-stage wall time; as Markdown, JSON and a PNG 
 Model AP is read from each training stage's metrics.json (the final evaluation detectron2's
 EvalHook runs at the end of training); label AP from each annotation stage's label_quality.json.
 """
+import io
 import json
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional
+
+from ..utils import write_atomic
 
 __all__ = ["METRICS", "read_final_metrics", "read_eval_curve", "build_report", "write_report"]
 
@@ -175,19 +178,16 @@ def _chart(report: dict, path: str) -> None:
     ax.set_ylabel(f"keypoint AP, {report['eval_dataset']}")
     ax.set_title("Data distillation: mean over seeds (dots: each seed)", fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 def write_report(report: dict, output_root: str) -> Dict[str, str]:
     """Write report.md, report.json and report.png into ``output_root``; return their paths."""
     paths = {ext: os.path.join(output_root, f"report.{ext}") for ext in ("md", "json", "png")}
-    for ext, text in (("md", report_markdown(report)), ("json", json.dumps(report, indent=1))):
-        tmp = paths[ext] + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, paths[ext])
+    write_atomic(paths["md"], report_markdown(report))
+    write_atomic(paths["json"], json.dumps(report, indent=1))
     _chart(report, paths["png"])
     return paths

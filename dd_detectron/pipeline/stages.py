@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+from ..utils import write_atomic
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Stage", "StageRunner", "config_files_digest"]
@@ -160,9 +162,9 @@ class StageRunner:
             wall = self._run_one(stage, resume=record is None and os.path.isdir(stage.output_dir))
             self.wall_times[stage.name] = wall
             self._rates.setdefault(stage.tool, []).append(wall / max(stage.work, 1e-9))
-            _write_json_atomic(
+            write_atomic(
                 os.path.join(stage.output_dir, STAGE_RECORD),
-                {"fingerprint": fp, "wall_time_s": wall, "command": self._command(stage, False)},
+                json.dumps({"fingerprint": fp, "wall_time_s": wall, "command": self._command(stage, False)}, indent=1),
             )
         logger.info("Pipeline finished in %s (%d stages skipped)", _hms(time.perf_counter() - start), len(self.skipped))
         return self.wall_times
@@ -190,13 +192,6 @@ class StageRunner:
         if code != 0:
             raise RuntimeError(f"Stage {stage.name} failed (exit {code}); see {log_path}")
         return time.perf_counter() - begin
-
-
-def _write_json_atomic(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _hms(seconds: float) -> str:

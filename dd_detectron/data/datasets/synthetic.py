@@ -35,6 +35,7 @@ from detectron2.data.datasets.builtin_meta import (
 )
 from detectron2.data.datasets.coco import load_coco_json
 
+from ...utils import write_atomic
 from .synthetic_render import RenderConfig, render_image
 
 try:  # POSIX only; without it concurrent first uses just regenerate the same bytes
@@ -182,7 +183,8 @@ def get_synthetic_split(name: str) -> SyntheticSplit:
     for spec in SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS:
         if spec.name == name:
             return spec
-    raise KeyError(f"Unknown synthetic split {name!r}; known: {[s.name for s in SYNTHETIC_SPLITS]}")
+    known = [s.name for s in SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS]
+    raise KeyError(f"Unknown synthetic split {name!r}; known: {known}")
 
 
 def split_files(spec: SyntheticSplit, root: Optional[str] = None) -> SplitFiles:
@@ -236,14 +238,6 @@ def _encode(spec: SyntheticSplit, img: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("cv2.imencode failed")
     return buf.tobytes()
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    # A reader never sees a half-written file: write a temp file, then rename over the target.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _coco_json(
@@ -313,10 +307,10 @@ def generate_split(spec: SyntheticSplit, root: Optional[str] = None) -> SplitFil
                 }
             )
     if files.truth_json_file is not None:
-        _write_atomic(files.truth_json_file, _coco_json(spec, images, annotations))
+        write_atomic(files.truth_json_file, _coco_json(spec, images, annotations))
     # Written last: its presence (with the right fingerprint) marks the split as complete.
     main_annotations = annotations if spec.with_annotations else None
-    _write_atomic(files.json_file, _coco_json(spec, images, main_annotations))
+    write_atomic(files.json_file, _coco_json(spec, images, main_annotations))
     elapsed = time.perf_counter() - start
     logger.info("Generated %s: %d images, %d people in %.1f s (%.1f ms/image)", spec.name,
                 len(images), len(annotations), elapsed, 1000.0 * elapsed / max(len(images), 1))

@@ -1,0 +1,3 @@
+from .file_io import write_atomic
+
+__all__ = ["write_atomic"]
