@@ -108,12 +108,19 @@ def add_dd_config(cfg: CN) -> None:
     # Extra rows, any of: "single_view" (student on single-view labels), "finetune" (student
     # fine-tuned from the teacher), "shifted" (student on labels of SHIFTED_DATASET), "oracle".
     _C.DD.PIPELINE.ABLATIONS = ()
+    # The seeds that also run the ablations (each must be in SEEDS); empty = the first seed only,
+    # so 3 seeds of the headline plus one set of ablations, not three.
+    _C.DD.PIPELINE.ABLATION_SEEDS = ()
     # KEY VALUE pairs appended to every stage's command line (e.g. a shorter schedule).
     _C.DD.PIPELINE.STAGE_OPTS = []
     # Run each annotation stage as this many torchrun processes (gloo on CPUs, NCCL on GPUs),
     # sharding the images; 0 or 1 = one process. On a small CPU, N one-thread processes label
     # faster than one N-thread process (small convolutions scale poorly across threads).
     _C.DD.PIPELINE.ANNOTATE_PROCESSES = 0
+    # How many stages may run at once (a stage starts when the stages it reads are done). For a
+    # CPU-only machine: each gets cpu_count / N threads, and two one-thread trainings get about
+    # 1.6x the work of one two-thread training done on a 2-core CPU. Keep 1 on GPUs.
+    _C.DD.PIPELINE.PARALLEL_STAGES = 1
     # Where every stage writes (one folder per seed and stage) and the report goes.
     _C.DD.PIPELINE.OUTPUT_DIR = "output/pipeline"
 

@@ -45,7 +45,7 @@ def main(args):
     cfg = setup(args)
     setup_logger(cfg.DD.PIPELINE.OUTPUT_DIR, name="dd_detectron", abbrev_name="dd")
     stages = build_stages(cfg)
-    runner = StageRunner(stages, launch_args(args), python=sys.executable)
+    runner = StageRunner(stages, launch_args(args), python=sys.executable, parallel=cfg.DD.PIPELINE.PARALLEL_STAGES)
     wall_times = runner.run()
     eval_dataset = ", ".join(load_stage_config(cfg.DD.PIPELINE.TEACHER_CONFIG).DATASETS.TEST)
     report = build_report(cfg.DD.PIPELINE.OUTPUT_DIR, cfg.DD.PIPELINE.SEEDS, wall_times, eval_dataset)

@@ -39,8 +39,8 @@ def build_stages(cfg) -> List[Stage]:
 
     Returns:
         the stages; names are "seed<k>/<row>" with rows teacher, labels_multiview, student,
-        and, with ablations, labels_singleview, student_singleview, student_finetune,
-        labels_shifted, student_shifted, oracle.
+        and, with ablations (for the seeds of ABLATION_SEEDS), labels_singleview,
+        student_singleview, student_finetune, labels_shifted, student_shifted, oracle.
     """
     p = cfg.DD.PIPELINE
     unknown = set(p.ABLATIONS) - set(ABLATIONS)
@@ -54,6 +54,10 @@ def build_stages(cfg) -> List[Stage]:
         raise ValueError(f"DD.PIPELINE.ORACLE_CONFIG: config file {p.ORACLE_CONFIG!r} not found (oracle ablation)")
     if not p.SEEDS:
         raise ValueError("DD.PIPELINE.SEEDS is empty")
+    ablation_seeds = tuple(p.ABLATION_SEEDS) or tuple(p.SEEDS[:1])
+    stray = [s for s in ablation_seeds if s not in tuple(p.SEEDS)]
+    if stray:
+        raise ValueError(f"DD.PIPELINE.ABLATION_SEEDS: {stray} not in DD.PIPELINE.SEEDS {tuple(p.SEEDS)}")
     common = list(p.STAGE_OPTS)
     teacher_cfg = load_stage_config(p.TEACHER_CONFIG, common)
     load_stage_config(p.STUDENT_CONFIG, common)  # a broken student config fails now, not in an hour
@@ -131,18 +135,19 @@ def build_stages(cfg) -> List[Stage]:
         train("teacher", p.TEACHER_CONFIG)
         annotate("labels_multiview", p.UNLABELED_DATASET, p.UNLABELED_TRUTH, True)
         student("student", "labels_multiview")
-        if "single_view" in p.ABLATIONS:
+        ablations = p.ABLATIONS if seed in ablation_seeds else ()
+        if "single_view" in ablations:
             annotate("labels_singleview", p.UNLABELED_DATASET, p.UNLABELED_TRUTH, False)
             student("student_singleview", "labels_singleview")
-        if "finetune" in p.ABLATIONS:
+        if "finetune" in ablations:
             student(
                 "student_finetune",
                 "labels_multiview",
                 ["DD.STUDENT.INIT", "teacher", "DD.STUDENT.TEACHER_WEIGHTS", teacher_weights],
             )
-        if "shifted" in p.ABLATIONS:
+        if "shifted" in ablations:
             annotate("labels_shifted", p.SHIFTED_DATASET, p.SHIFTED_TRUTH, True)
             student("student_shifted", "labels_shifted")
-        if "oracle" in p.ABLATIONS:
+        if "oracle" in ablations:
             train("oracle", p.ORACLE_CONFIG)
     return stages

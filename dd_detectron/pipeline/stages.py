@@ -9,6 +9,7 @@ and the fingerprints of the stages it consumes. A later run skips a stage whose 
 matches, and reruns it (and so everything downstream) otherwise. An interrupted stage resumes:
 training with ``--resume`` (detectron2's last checkpoint), annotation from its saved progress.
 """
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -86,26 +88,45 @@ def config_files_digest(paths: Sequence[str]) -> str:
 
 
 class StageRunner:
-    """Runs stages in order, skipping finished ones, with progress and an ETA.
+    """Runs stages in dependency order, skipping finished ones, with progress and an ETA.
 
     Args:
-        stages: in dependency order.
+        stages: in dependency order (a stage only depends on stages listed before it).
         launch_args: detectron2 launch arguments passed to every tool (--num-gpus ...).
         python: interpreter for the tools.
+        parallel: how many stages may run at once (a stage starts as soon as the stages it reads
+            have finished, in list order). Meant for CPUs: each of N parallel stages gets
+            cpu_count / N threads (OMP_NUM_THREADS, unless the caller set it), because on a small
+            CPU two one-thread trainings get more done than one two-thread training.
     """
 
-    def __init__(self, stages: Sequence[Stage], launch_args: Sequence[str] = (), python: str = sys.executable):
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        launch_args: Sequence[str] = (),
+        python: str = sys.executable,
+        parallel: int = 1,
+    ):
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"Duplicate stage names in {names}")
+        for stage in stages:
+            missing = [d for d in stage.depends_on if d not in names[: names.index(stage.name)]]
+            if missing:
+                raise ValueError(f"Stage {stage.name} depends on {missing}, which are not listed before it")
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.stages = list(stages)
         self.launch_args = list(launch_args)
         self.python = python
+        self.parallel = parallel
         self.fingerprints: Dict[str, str] = {}
         self.wall_times: Dict[str, float] = {}
         self.skipped: List[str] = []
         # Seconds per unit of work, per tool, measured on the stages run so far.
         self._rates: Dict[str, List[float]] = {}
+        self._procs: Dict[str, subprocess.Popen] = {}
+        self._echo_lock = threading.Lock()
 
     def fingerprint(self, stage: Stage) -> str:
         blob = json.dumps(
@@ -129,18 +150,26 @@ class StageRunner:
         with open(path) as f:
             return json.load(f)
 
-    def _eta(self, index: int) -> Optional[float]:
+    def _eta(self, remaining: Sequence[Stage]) -> Optional[float]:
         total = 0.0
-        for stage in self.stages[index:]:
+        for stage in remaining:
             rates = self._rates.get(stage.tool)
             if not rates:
                 return None
             total += stage.work * sum(rates) / len(rates)
-        return total
+        return total / self.parallel
+
+    def child_env(self) -> Dict[str, str]:
+        """The tools' environment: ours, plus a per-stage thread count when stages run in parallel."""
+        env = dict(os.environ)
+        if self.parallel > 1 and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.parallel))
+        return env
 
     def run(self) -> Dict[str, float]:
         """Run every stage; return the wall time of each (from its record when skipped)."""
         start = time.perf_counter()
+        todo: List[Stage] = []
         for index, stage in enumerate(self.stages):
             fp = self.fingerprint(stage)
             self.fingerprints[stage.name] = fp
@@ -149,25 +178,58 @@ class StageRunner:
                 logger.info("[%d/%d] %s: done before, skipped", index + 1, len(self.stages), stage.name)
                 self.wall_times[stage.name] = record["wall_time_s"]
                 self.skipped.append(stage.name)
-                continue
-            eta = self._eta(index)
-            logger.info(
-                "[%d/%d] %s: running (elapsed %s, ETA of the remaining stages %s)",
-                index + 1,
-                len(self.stages),
-                stage.name,
-                _hms(time.perf_counter() - start),
-                _hms(eta) if eta is not None else "known after the first stage of each kind",
-            )
-            wall = self._run_one(stage, resume=record is None and os.path.isdir(stage.output_dir))
-            self.wall_times[stage.name] = wall
-            self._rates.setdefault(stage.tool, []).append(wall / max(stage.work, 1e-9))
-            write_atomic(
-                os.path.join(stage.output_dir, STAGE_RECORD),
-                json.dumps({"fingerprint": fp, "wall_time_s": wall, "command": self._command(stage, False)}, indent=1),
-            )
+            else:
+                todo.append(stage)
+        done = set(self.skipped)
+        position = {s.name: i + 1 for i, s in enumerate(self.stages)}
+        running: Dict[concurrent.futures.Future, Stage] = {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            try:
+                while todo or running:
+                    for stage in [s for s in todo if all(d in done for d in s.depends_on)]:
+                        if len(running) >= self.parallel:
+                            break
+                        todo.remove(stage)
+                        eta = self._eta([stage, *todo, *running.values()])
+                        logger.info(
+                            "[%d/%d] %s: running (elapsed %s, ETA of the remaining stages %s)",
+                            position[stage.name],
+                            len(self.stages),
+                            stage.name,
+                            _hms(time.perf_counter() - start),
+                            _hms(eta) if eta is not None else "known after the first stage of each kind",
+                        )
+                        record = self.finished_record(stage)
+                        cmd = self._command(stage, resume=record is None and os.path.isdir(stage.output_dir))
+                        with self._echo_lock:
+                            logger.info("  $ %s", " ".join(cmd))
+                            logger.info("  full log: %s", self._log_path(stage))
+                        running[pool.submit(self._run_one, stage, cmd)] = stage
+                    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in finished:
+                        stage = running.pop(future)
+                        wall = future.result()  # a failed stage raises here
+                        self._finish(stage, wall)
+                        done.add(stage.name)
+            except BaseException:
+                # Stop the other stages; each resumes on the next run (checkpoints, progress files).
+                for proc in list(self._procs.values()):
+                    proc.terminate()
+                raise
         logger.info("Pipeline finished in %s (%d stages skipped)", _hms(time.perf_counter() - start), len(self.skipped))
         return self.wall_times
+
+    def _finish(self, stage: Stage, wall: float) -> None:
+        self.wall_times[stage.name] = wall
+        self._rates.setdefault(stage.tool, []).append(wall / max(stage.work, 1e-9))
+        record = {
+            "fingerprint": self.fingerprints[stage.name],
+            "wall_time_s": wall,
+            "command": self._command(stage, False),
+            "parallel_stages": self.parallel,
+            "omp_num_threads": self.child_env().get("OMP_NUM_THREADS"),
+        }
+        write_atomic(os.path.join(stage.output_dir, STAGE_RECORD), json.dumps(record, indent=1))
 
     def _command(self, stage: Stage, resume: bool) -> List[str]:
         tool = os.path.join(REPO_ROOT, "tools", stage.tool + ".py")
@@ -175,20 +237,30 @@ class StageRunner:
             self.python, *stage.launcher, tool, *self.launch_args, *(stage.resume_args if resume else []), *stage.args
         ]
 
-    def _run_one(self, stage: Stage, resume: bool) -> float:
+    @staticmethod
+    def _log_path(stage: Stage) -> str:
+        return os.path.join(stage.output_dir, "pipeline_stage.log")
+
+    def _run_one(self, stage: Stage, cmd: List[str]) -> float:
         os.makedirs(stage.output_dir, exist_ok=True)
-        cmd = self._command(stage, resume)
-        log_path = os.path.join(stage.output_dir, "pipeline_stage.log")
-        logger.info("  $ %s", " ".join(cmd))
-        logger.info("  full log: %s", log_path)
+        log_path = self._log_path(stage)
+        # With stages in parallel, echoed lines say which stage they come from.
+        prefix = f"  | {stage.name} | " if self.parallel > 1 else "  | "
         begin = time.perf_counter()
         with open(log_path, "a") as log:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-            for line in proc.stdout:
-                log.write(line)
-                if _PROGRESS.search(line):
-                    sys.stderr.write("  | " + line[-240:] if len(line) > 240 else "  | " + line)
-            code = proc.wait()
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.child_env()
+            )
+            self._procs[stage.name] = proc
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    if _PROGRESS.search(line):
+                        with self._echo_lock:
+                            sys.stderr.write(prefix + (line[-240:] if len(line) > 240 else line))
+                code = proc.wait()
+            finally:
+                self._procs.pop(stage.name, None)
         if code != 0:
             raise RuntimeError(f"Stage {stage.name} failed (exit {code}); see {log_path}")
         return time.perf_counter() - begin

@@ -1,0 +1,155 @@
+"""The pipeline's stage scheduler on stand-in stages (short Python commands, no training):
+dependency order, stages side by side, failure handling, the plan's ablation seeds."""
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dd_detectron.pipeline.stages import STAGE_RECORD, Stage, StageRunner
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A stand-in tool: records when it started and ended and the thread count it was given.
+_SCRIPT = """
+import json, os, sys, time
+out, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+start = time.time()
+time.sleep(seconds)
+with open(os.path.join(out, "span.json"), "w") as f:
+    json.dump({"start": start, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}, f)
+sys.exit(code)
+"""
+
+
+class ScriptRunner(StageRunner):
+    def _command(self, stage, resume):
+        return [self.python, "-c", _SCRIPT, stage.output_dir, *stage.args]
+
+
+def _stage(tmp_path, name, seconds, depends=(), code=0):
+    return Stage(name, "train_net", [str(seconds), str(code)], str(tmp_path / name), depends_on=list(depends))
+
+
+def _span(tmp_path, name):
+    return json.loads((tmp_path / name / "span.json").read_text())
+
+
+def test_parallel_stages_overlap_and_respect_dependencies(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    stages = [
+        _stage(tmp_path, "teacher", 1.0),
+        _stage(tmp_path, "labels", 0.2, ["teacher"]),
+        _stage(tmp_path, "oracle", 1.0),
+        _stage(tmp_path, "student", 0.2, ["labels"]),
+    ]
+    wall = ScriptRunner(stages, python=sys.executable, parallel=2).run()
+    assert set(wall) == {"teacher", "labels", "oracle", "student"}
+    teacher, oracle = _span(tmp_path, "teacher"), _span(tmp_path, "oracle")
+    labels, student = _span(tmp_path, "labels"), _span(tmp_path, "student")
+    # The two independent stages ran at the same time ...
+    assert oracle["start"] < teacher["end"] and teacher["start"] < oracle["end"]
+    # ... and no stage started before the stage it reads had finished.
+    assert labels["start"] >= teacher["end"] and student["start"] >= labels["end"]
+    # Two stages on 2 cores: one thread each, and the record says so.
+    assert {teacher["threads"], oracle["threads"]} == {"1"}
+    record = json.loads((tmp_path / "teacher" / STAGE_RECORD).read_text())
+    assert record["parallel_stages"] == 2 and record["omp_num_threads"] == "1"
+
+
+def test_one_stage_at_a_time_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    stages = [_stage(tmp_path, "a", 0.3), _stage(tmp_path, "b", 0.3)]
+    ScriptRunner(stages, python=sys.executable).run()
+    a, b = _span(tmp_path, "a"), _span(tmp_path, "b")
+    assert b["start"] >= a["end"]
+    assert a["threads"] is None  # the tool's own default
+
+
+def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
+    stages = [_stage(tmp_path, "slow", 30.0), _stage(tmp_path, "broken", 0.1, code=3), _stage(tmp_path, "after", 0.1)]
+    begin = time.time()
+    with pytest.raises(RuntimeError, match=r"Stage broken failed \(exit 3\)"):
+        ScriptRunner(stages, python=sys.executable, parallel=2).run()
+    assert time.time() - begin < 20  # the 30 s stage was terminated, not waited for
+    assert not (tmp_path / "slow" / STAGE_RECORD).exists()  # so it reruns (resumes) next time
+    assert not (tmp_path / "after").exists()  # and nothing new started after the failure
+
+
+def test_runner_rejects_bad_order_and_parallelism(tmp_path):
+    late = [_stage(tmp_path, "student", 0.1, ["teacher"]), _stage(tmp_path, "teacher", 0.1)]
+    with pytest.raises(ValueError, match=r"student depends on \['teacher'\], which are not listed before it"):
+        StageRunner(late)
+    with pytest.raises(ValueError, match="parallel must be >= 1, got 0"):
+        StageRunner([_stage(tmp_path, "a", 0.1)], parallel=0)
+
+
+def _full_plan_cfg(**pipeline):
+    from detectron2.config import get_cfg
+
+    from dd_detectron import add_dd_config
+
+    cfg = get_cfg()
+    add_dd_config(cfg)
+    cfg.merge_from_file("configs/Synthetic/pipeline_nR18-FPN_full.yaml")
+    for key, value in pipeline.items():
+        cfg.DD.PIPELINE[key] = value
+    return cfg
+
+
+def test_ablations_run_on_the_first_seed_unless_told(monkeypatch):
+    monkeypatch.chdir(REPO)  # the pipeline config names its stage configs relative to the repo
+    from dd_detectron.pipeline.plan import build_stages
+
+    names = [s.name for s in build_stages(_full_plan_cfg())]
+    headline = ["teacher", "labels_multiview", "student"]
+    ablations = ["labels_singleview", "student_singleview", "student_finetune", "labels_shifted", "student_shifted", "oracle"]
+    assert names == [f"seed1/{r}" for r in headline + ablations] + [f"seed{k}/{r}" for k in (2, 3) for r in headline]
+    names = [s.name for s in build_stages(_full_plan_cfg(ABLATION_SEEDS=(1, 3)))]
+    assert "seed3/oracle" in names and "seed2/oracle" not in names and "seed1/oracle" in names
+    with pytest.raises(ValueError, match=r"DD\.PIPELINE\.ABLATION_SEEDS: \[7\] not in DD\.PIPELINE\.SEEDS \(1, 2, 3\)"):
+        build_stages(_full_plan_cfg(ABLATION_SEEDS=(7,)))
+
+
+def _fake_training(folder, *aps):
+    """A training stage's metrics.json with one evaluation per AP value, as EvalHook logs them."""
+    folder.mkdir(parents=True)
+    lines = [{"iteration": 10 * i + 9, "total_loss": 1.0} for i in range(len(aps))]
+    lines += [
+        {"iteration": 10 * i + 9, **{f"keypoints/{m}": ap + k for k, m in enumerate(("AP", "AP50", "AP75", "APm", "APl"))}}
+        for i, ap in enumerate(aps)
+    ]
+    lines.sort(key=lambda line: line["iteration"])
+    (folder / "metrics.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+
+def _fake_labels(folder, ap):
+    folder.mkdir(parents=True)
+    quality = {"images": 10, "labels": 12, "keypoints": {"AP": ap}, "bbox": {"AP": ap + 5}}
+    (folder / "label_quality.json").write_text(json.dumps(quality))
+
+
+def test_report_gains_and_view_comparison(tmp_path):
+    from dd_detectron.pipeline.report import build_report, report_markdown
+
+    _fake_training(tmp_path / "seed1" / "teacher", 2.0, 8.0)
+    _fake_training(tmp_path / "seed1" / "student", 5.0, 11.5)
+    _fake_training(tmp_path / "seed1" / "student_singleview", 10.0)
+    _fake_labels(tmp_path / "seed1" / "labels_multiview", 13.0)
+    _fake_labels(tmp_path / "seed1" / "labels_singleview", 9.0)
+    _fake_training(tmp_path / "seed2" / "teacher", 9.0)
+    _fake_training(tmp_path / "seed2" / "student", 8.5)
+    report = build_report(str(tmp_path), (1, 2), {"seed1/teacher": 60.0, "seed2/teacher": 30.0}, "val")
+    summary = report["summary"]
+    # The last evaluation of each run counts: +3.5 and -0.5.
+    assert summary["student_minus_teacher_AP"] == [3.5, -0.5]
+    assert summary["mean_gain"] == 1.5 and summary["min_gain"] == -0.5
+    assert summary["multiview_vs_singleview"] == [{"seed": "1", "label_AP": [13.0, 9.0], "student_AP": [11.5, 10.0]}]
+    assert [c["AP"] for c in report["per_seed"]["1"]["teacher_curve"]] == [2.0, 8.0]
+    text = report_markdown(report)
+    assert "Student AP - teacher AP: +3.50, -0.50 (mean +1.50, min -0.50)" in text
+    assert "(seed 1): label keypoint AP 13.00 vs 9.00, student AP 11.50 vs 10.00." in text
+    assert "| 1 | teacher (labeled only) | 8.00 | 9.00 | 10.00 | 11.00 | 12.00 |" in text
+    assert "| sum of stages | 90 |" in text
