@@ -121,6 +121,8 @@ def _fake_training(folder, *aps):
         {"iteration": 10 * i + 9, **{f"keypoints/{m}": ap + k for k, m in enumerate(("AP", "AP50", "AP75", "APm", "APl"))}}
         for i, ap in enumerate(aps)
     ]
+    # detectron2's final evaluation comes after the loop, logged at MAX_ITER (no training line).
+    lines[-1]["iteration"] = 10 * len(aps)
     lines.sort(key=lambda line: line["iteration"])
     (folder / "metrics.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
 
@@ -147,9 +149,11 @@ def test_report_gains_and_view_comparison(tmp_path):
     assert summary["student_minus_teacher_AP"] == [3.5, -0.5]
     assert summary["mean_gain"] == 1.5 and summary["min_gain"] == -0.5
     assert summary["multiview_vs_singleview"] == [{"seed": "1", "label_AP": [13.0, 9.0], "student_AP": [11.5, 10.0]}]
-    assert [c["AP"] for c in report["per_seed"]["1"]["teacher_curve"]] == [2.0, 8.0]
+    curve = report["per_seed"]["1"]["teacher_curve"]
+    assert [(c["iterations_done"], c["AP"]) for c in curve] == [(10, 2.0), (20, 8.0)]
     text = report_markdown(report)
     assert "Student AP - teacher AP: +3.50, -0.50 (mean +1.50, min -0.50)" in text
     assert "(seed 1): label keypoint AP 13.00 vs 9.00, student AP 11.50 vs 10.00." in text
     assert "| 1 | teacher (labeled only) | 8.00 | 9.00 | 10.00 | 11.00 | 12.00 |" in text
     assert "| sum of stages | 90 |" in text
+    assert "Teacher keypoint AP during training (seed 1): \niter 10: 2.00, iter 20: 8.00" in text

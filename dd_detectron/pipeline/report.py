@@ -44,11 +44,25 @@ def _metrics_lines(output_dir: str) -> List[dict]:
 
 
 def read_eval_curve(output_dir: str) -> List[dict]:
-    """Every evaluation logged during training: [{"iteration": i, "AP": ..., ...}]."""
+    """Every evaluation logged during training: [{"iteration": i, "iterations_done": n, "AP": ...}].
+
+    An evaluation during training is logged at the step it follows (step i: i + 1 iterations
+    done), detectron2's final one after the loop, at MAX_ITER (MAX_ITER done): only the former
+    share their step with a training line.
+    """
+    lines = _metrics_lines(output_dir)
+    training_steps = {line.get("iteration") for line in lines if "total_loss" in line}
     curve = []
-    for line in _metrics_lines(output_dir):
+    for line in lines:
         if "keypoints/AP" in line:
-            curve.append({"iteration": line.get("iteration"), **{m: line.get(f"keypoints/{m}") for m in METRICS}})
+            step = line.get("iteration")
+            curve.append(
+                {
+                    "iteration": step,
+                    "iterations_done": step + 1 if step in training_steps else step,
+                    **{m: line.get(f"keypoints/{m}") for m in METRICS},
+                }
+            )
     return curve
 
 
@@ -178,7 +192,7 @@ def report_markdown(report: dict) -> str:
         curve = data["teacher_curve"]
         if len(curve) > 1:
             lines += ["", f"Teacher keypoint AP during training (seed {seed}): "]
-            lines.append(", ".join(f"iter {c['iteration'] + 1}: {_fmt(c['AP'])}" for c in curve))
+            lines.append(", ".join(f"iter {c['iterations_done']}: {_fmt(c['AP'])}" for c in curve))
     lines += ["", "| stage | wall time (s) |", "|---|---:|"]
     lines += [f"| {name} | {t:.0f} |" for name, t in report["wall_time_s"].items()]
     total = sum(report["wall_time_s"].values())
