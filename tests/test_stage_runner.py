@@ -2,7 +2,6 @@
 dependency order, stages side by side, failure handling, the plan's ablation seeds."""
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,21 @@ from dd_detectron.pipeline.stages import STAGE_RECORD, Stage, StageRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A stand-in tool: records when it started and ended and the thread count it was given.
+# A stand-in tool. It marks that it started; if told to, waits (up to 30 s) for another stage's
+# mark, which only appears if both run at once; then records its thread count and exits.
 _SCRIPT = """
 import json, os, sys, time
-out, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-start = time.time()
-time.sleep(seconds)
+out, wait_for, code = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(os.path.join(out, "started"), "w") as f:
+    f.write(repr(time.time()))
+saw_it = wait_for == "-"
+for _ in range(300):
+    if saw_it:
+        break
+    time.sleep(0.1)
+    saw_it = os.path.exists(os.path.join(wait_for, "started"))
 with open(os.path.join(out, "span.json"), "w") as f:
-    json.dump({"start": start, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}, f)
+    json.dump({"saw_other": saw_it, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}, f)
 sys.exit(code)
 """
 
@@ -28,62 +34,69 @@ class ScriptRunner(StageRunner):
         return [self.python, "-c", _SCRIPT, stage.output_dir, *stage.args]
 
 
-def _stage(tmp_path, name, seconds, depends=(), code=0):
-    return Stage(name, "train_net", [str(seconds), str(code)], str(tmp_path / name), depends_on=list(depends))
+def _stage(tmp_path, name, depends=(), wait_for=None, code=0):
+    wait = str(tmp_path / wait_for) if wait_for else "-"
+    return Stage(name, "train_net", [wait, str(code)], str(tmp_path / name), depends_on=list(depends))
 
 
 def _span(tmp_path, name):
     return json.loads((tmp_path / name / "span.json").read_text())
 
 
+def _started(tmp_path, name):
+    return float((tmp_path / name / "started").read_text())
+
+
 def test_parallel_stages_overlap_and_respect_dependencies(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     stages = [
-        _stage(tmp_path, "teacher", 1.0),
-        _stage(tmp_path, "labels", 0.2, ["teacher"]),
-        _stage(tmp_path, "oracle", 1.0),
-        _stage(tmp_path, "student", 0.2, ["labels"]),
+        _stage(tmp_path, "teacher", wait_for="oracle"),
+        _stage(tmp_path, "labels", ["teacher"]),
+        _stage(tmp_path, "oracle", wait_for="teacher"),
+        _stage(tmp_path, "student", ["labels"]),
     ]
     wall = ScriptRunner(stages, python=sys.executable, parallel=2).run()
     assert set(wall) == {"teacher", "labels", "oracle", "student"}
-    teacher, oracle = _span(tmp_path, "teacher"), _span(tmp_path, "oracle")
-    labels, student = _span(tmp_path, "labels"), _span(tmp_path, "student")
-    # The two independent stages ran at the same time ...
-    assert oracle["start"] < teacher["end"] and teacher["start"] < oracle["end"]
-    # ... and no stage started before the stage it reads had finished.
-    assert labels["start"] >= teacher["end"] and student["start"] >= labels["end"]
+    # The two independent stages ran at the same time: each saw the other start.
+    assert _span(tmp_path, "teacher")["saw_other"] and _span(tmp_path, "oracle")["saw_other"]
+    # No stage started before the stage it reads had finished.
+    assert _started(tmp_path, "labels") >= _span(tmp_path, "teacher")["end"]
+    assert _started(tmp_path, "student") >= _span(tmp_path, "labels")["end"]
     # Two stages on 2 cores: one thread each, and the record says so.
-    assert {teacher["threads"], oracle["threads"]} == {"1"}
+    assert {_span(tmp_path, n)["threads"] for n in ("teacher", "oracle")} == {"1"}
     record = json.loads((tmp_path / "teacher" / STAGE_RECORD).read_text())
     assert record["parallel_stages"] == 2 and record["omp_num_threads"] == "1"
 
 
 def test_one_stage_at_a_time_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    stages = [_stage(tmp_path, "a", 0.3), _stage(tmp_path, "b", 0.3)]
+    stages = [_stage(tmp_path, "a"), _stage(tmp_path, "b", wait_for="a")]
     ScriptRunner(stages, python=sys.executable).run()
-    a, b = _span(tmp_path, "a"), _span(tmp_path, "b")
-    assert b["start"] >= a["end"]
-    assert a["threads"] is None  # the tool's own default
+    assert _started(tmp_path, "b") >= _span(tmp_path, "a")["end"]
+    assert _span(tmp_path, "a")["threads"] is None  # the tool's own default
 
 
 def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
-    stages = [_stage(tmp_path, "slow", 30.0), _stage(tmp_path, "broken", 0.1, code=3), _stage(tmp_path, "after", 0.1)]
-    begin = time.time()
+    stages = [
+        _stage(tmp_path, "slow", wait_for="never"),  # would wait 30 s, then write its span
+        _stage(tmp_path, "broken", code=3),
+        _stage(tmp_path, "after"),
+    ]
     with pytest.raises(RuntimeError, match=r"Stage broken failed \(exit 3\)"):
         ScriptRunner(stages, python=sys.executable, parallel=2).run()
-    assert time.time() - begin < 20  # the 30 s stage was terminated, not waited for
+    assert (tmp_path / "slow" / "started").exists()
+    assert not (tmp_path / "slow" / "span.json").exists()  # terminated, not waited for
     assert not (tmp_path / "slow" / STAGE_RECORD).exists()  # so it reruns (resumes) next time
     assert not (tmp_path / "after").exists()  # and nothing new started after the failure
 
 
 def test_runner_rejects_bad_order_and_parallelism(tmp_path):
-    late = [_stage(tmp_path, "student", 0.1, ["teacher"]), _stage(tmp_path, "teacher", 0.1)]
+    late = [_stage(tmp_path, "student", ["teacher"]), _stage(tmp_path, "teacher")]
     with pytest.raises(ValueError, match=r"student depends on \['teacher'\], which are not listed before it"):
         StageRunner(late)
     with pytest.raises(ValueError, match="parallel must be >= 1, got 0"):
-        StageRunner([_stage(tmp_path, "a", 0.1)], parallel=0)
+        StageRunner([_stage(tmp_path, "a")], parallel=0)
 
 
 def _full_plan_cfg(**pipeline):
