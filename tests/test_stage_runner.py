@@ -10,7 +10,7 @@ from dd_detectron.pipeline.stages import STAGE_RECORD, Stage, StageRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A stand-in tool. It marks that it started; if told to, waits (up to 30 s) for another stage's
+# A stand-in tool. It marks that it started; if told to, waits (up to 300 s) for another stage's
 # mark, which only appears if both run at once; then records its thread count and exits.
 _SCRIPT = """
 import json, os, sys, time
@@ -18,7 +18,7 @@ out, wait_for, code = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(os.path.join(out, "started"), "w") as f:
     f.write(repr(time.time()))
 saw_it = wait_for == "-"
-for _ in range(300):
+for _ in range(3000):
     if saw_it:
         break
     time.sleep(0.1)
@@ -79,8 +79,9 @@ def test_one_stage_at_a_time_by_default(tmp_path, monkeypatch):
 
 def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
     stages = [
-        _stage(tmp_path, "slow", wait_for="never"),  # would wait 30 s, then write its span
-        _stage(tmp_path, "broken", code=3),
+        _stage(tmp_path, "slow", wait_for="never"),  # would wait 300 s, then write its span
+        # Fails only once "slow" has started, whichever process gets the CPU first.
+        _stage(tmp_path, "broken", wait_for="slow", code=3),
         _stage(tmp_path, "after"),
     ]
     with pytest.raises(RuntimeError, match=r"Stage broken failed \(exit 3\)"):
