@@ -7,7 +7,7 @@ STAMP := $(VENV)/.dd-setup-done
 # A DETECTRON2_SOURCE given on the command line or in the environment is always (re)checked.
 FORCE_SETUP := $(if $(DETECTRON2_SOURCE),force-setup)
 
-.PHONY: setup demo demo-full test clean force-setup
+.PHONY: setup demo demo-full test lint clean force-setup
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ demo-full: setup
 
 test: setup
 	$(VPY) -m pytest tests -q
+
+# Formatting, import order and flake8 (settings in pyproject.toml and setup.cfg); not part of test.
+lint: setup
+	$(VPY) -m black --check .
+	$(VPY) -m isort --check-only .
+	$(VPY) -m flake8 .
 
 clean:
 	rm -rf $(VENV) build output

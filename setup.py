@@ -21,5 +21,6 @@ setup(
         "matplotlib",
         "numpy",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    # Tests and make lint.
+    extras_require={"dev": ["pytest>=7", "black", "isort", "flake8"]},
 )

@@ -5,7 +5,7 @@ already has is reused (test-time views: ``TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP``
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_dd_config", "parse_threshold"]
+__all__ = ["add_dd_config", "parse_threshold", "num_views"]
 
 
 def add_dd_config(cfg: CN) -> None:
@@ -42,7 +42,7 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.TTA.CACHE_FEATURES = True
     # Views of the same image size (a view and its flip) run through the model as one batch of
     # at most this many. An int >= 0; 0 = automatic: 2 on GPU (a view with its flip), 1 on CPU,
-    # where a batch of two runs no faster than two single passes (measured) and needs more memory.
+    # where a batch of two runs no faster than two single passes and needs more memory.
     _C.DD.TTA.VIEW_BATCH_SIZE = 0
 
     # ---------------------------------------------------------------------------------------
@@ -90,8 +90,9 @@ def add_dd_config(cfg: CN) -> None:
     # The whole pipeline (tools/run_pipeline.py): teacher -> annotate -> student -> evaluate
     # ---------------------------------------------------------------------------------------
     _C.DD.PIPELINE = CN()
-    # Stage configs (paths relative to the working directory). The teacher config also drives
-    # the annotation stage (same model; views from its TEST.AUG).
+    # Stage configs, relative to the folder of the pipeline config file (as _BASE_ is), or
+    # absolute. The teacher config also drives the annotation stage (same model; views from its
+    # TEST.AUG).
     _C.DD.PIPELINE.TEACHER_CONFIG = ""
     _C.DD.PIPELINE.STUDENT_CONFIG = ""
     # Oracle: trained with the true labels of the unlabeled data (upper reference); "" = none.
@@ -114,13 +115,16 @@ def add_dd_config(cfg: CN) -> None:
     # KEY VALUE pairs appended to every stage's command line (e.g. a shorter schedule).
     _C.DD.PIPELINE.STAGE_OPTS = []
     # Run each annotation stage as this many torchrun processes (gloo on CPUs, NCCL on GPUs),
-    # sharding the images; 0 or 1 = one process. On a small CPU, N one-thread processes label
-    # faster than one N-thread process (small convolutions scale poorly across threads).
+    # sharding the images; 0 or 1 = one process. On CPUs, N one-thread processes label faster
+    # than one N-thread process (small convolutions scale poorly across threads).
     _C.DD.PIPELINE.ANNOTATE_PROCESSES = 0
-    # How many stages may run at once (a stage starts when the stages it reads are done). For a
-    # CPU-only machine: each gets cpu_count / N threads, and two one-thread trainings get about
-    # 1.6x the work of one two-thread training done on a 2-core CPU. Keep 1 on GPUs.
+    # How many stages may run at once (a stage starts when the stages it reads are done). For
+    # CPU-only machines: each gets cpu_count / N threads, as small models train faster as N
+    # one-thread processes than as one N-thread process. Keep 1 on GPUs.
     _C.DD.PIPELINE.PARALLEL_STAGES = 1
+    # How many unlabeled images to draw with the first seed's multi-view labels beside their true
+    # labels (UNLABELED_TRUTH) once the pipeline is done, into OUTPUT_DIR/label_pictures; 0 = none.
+    _C.DD.PIPELINE.LABEL_PICTURES = 0
     # Where every stage writes (one folder per seed and stage) and the report goes.
     _C.DD.PIPELINE.OUTPUT_DIR = "output/pipeline"
 
@@ -141,3 +145,8 @@ def parse_threshold(value, key: str):
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{key} must be 'auto' or a number, got {value!r}") from None
+
+
+def num_views(cfg) -> int:
+    """The number of test-time views of ``cfg.TEST.AUG``: one per scale, twice with flips."""
+    return len(cfg.TEST.AUG.MIN_SIZES) * (2 if cfg.TEST.AUG.FLIP else 1)

@@ -483,7 +483,7 @@ def test_coco_pipeline_config_runs_the_setting(setting, monkeypatch):
     cfg = load_config(COCO_CONFIGS / f"pipeline_R50-FPN_{setting}.yaml")
     teacher, _, student = SETTINGS[setting]
     _, unlabeled, _ = SETTING_DATA[setting]
-    stages = {s.name.split("/")[1]: s for s in build_stages(cfg)}
+    stages = {s.name.split("/")[1]: s for s in build_stages(cfg, "configs/COCO-Keypoints")}
     assert list(stages) == ["teacher", "labels_multiview", "student"]
     assert stages["teacher"].args[:2] == ["--config-file", f"configs/COCO-Keypoints/{teacher}"]
     annotate_args = stages["labels_multiview"].args

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import pytest
 
 from dd_detectron.pipeline.plan import build_stages
@@ -30,7 +31,10 @@ def _args(output_dir, *opts):
         machine_rank=0,
         dist_url="auto",
         # Labels by 2 torchrun processes: the CPU path of a sharded annotation stage, end to end.
-        opts=["DD.PIPELINE.OUTPUT_DIR", str(output_dir), "DD.PIPELINE.ANNOTATE_PROCESSES", "2", *opts],
+        opts=[
+            "DD.PIPELINE.OUTPUT_DIR", str(output_dir), "DD.PIPELINE.ANNOTATE_PROCESSES", "2",
+            "DD.PIPELINE.LABEL_PICTURES", "2", *opts,
+        ],
     )
 
 
@@ -71,6 +75,18 @@ def test_every_stage_output_exists_and_feeds_the_next(finished_run):
         assert (out / f"report.{ext}").stat().st_size > 0
 
 
+def test_label_pictures_show_generated_beside_true_labels(finished_run):
+    _, out, _ = finished_run
+    pictures = sorted((out / "label_pictures").glob("labels_*.jpg"))
+    assert len(pictures) == 2
+    labels = json.loads((out / "seed1" / "labels_multiview" / "person_keypoints_generated.json").read_text())
+    widths = {str(image["id"]): image["width"] for image in labels["images"]}
+    for path in pictures:
+        picture = cv2.imread(str(path))
+        # Two drawings of the image at scale 2 (generated, then true labels), 8 px apart.
+        assert picture.shape[1] == 2 * 2 * widths[path.stem[len("labels_"):]] + 8
+
+
 def test_second_run_skips_finished_stages(finished_run, caplog):
     tool, out, first = finished_run
     records = {p: p.read_text() for p in out.rglob(STAGE_RECORD)}
@@ -106,7 +122,7 @@ def test_fingerprint_follows_configs_bases_and_inputs(tmp_path):
     leaf.write_text('_BASE_: "base.yaml"\n')
     first = Stage("a", "train_net", ["--config-file", str(leaf)], str(tmp_path / "a"), config_files=[str(leaf)])
     second = Stage("b", "annotate_net", ["x"], str(tmp_path / "b"), depends_on=["a"])
-    runner = StageRunner([first, second])
+    runner = StageRunner([first, second], str(REPO / "tools"))
 
     def fingerprints():
         runner.fingerprints["a"] = runner.fingerprint(first)
@@ -127,14 +143,15 @@ def test_bad_pipeline_config_names_the_key(tmp_path):
     cfg = get_cfg()
     add_dd_config(cfg)
     cfg.merge_from_file(str(REPO / TINY))
+    config_dir = str((REPO / TINY).parent)
     cfg.DD.PIPELINE.ANNOTATE_PROCESSES = -1
     with pytest.raises(ValueError, match=r"DD\.PIPELINE\.ANNOTATE_PROCESSES must be >= 0, got -1"):
-        build_stages(cfg)
+        build_stages(cfg, config_dir)
     cfg.DD.PIPELINE.ANNOTATE_PROCESSES = 0
     cfg.DD.PIPELINE.ABLATIONS = ("nonsense",)
     with pytest.raises(ValueError, match=r"DD\.PIPELINE\.ABLATIONS: unknown \['nonsense'\]"):
-        build_stages(cfg)
+        build_stages(cfg, config_dir)
     cfg.DD.PIPELINE.ABLATIONS = ()
     cfg.DD.PIPELINE.STUDENT_CONFIG = str(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match=r"DD\.PIPELINE\.STUDENT_CONFIG: config file .*missing\.yaml"):
-        build_stages(cfg)
+        build_stages(cfg, config_dir)

@@ -56,7 +56,7 @@ def test_parallel_stages_overlap_and_respect_dependencies(tmp_path, monkeypatch)
         _stage(tmp_path, "oracle", wait_for="teacher"),
         _stage(tmp_path, "student", ["labels"]),
     ]
-    wall = ScriptRunner(stages, python=sys.executable, parallel=2).run()
+    wall = ScriptRunner(stages, str(REPO / "tools"), python=sys.executable, parallel=2).run()
     assert set(wall) == {"teacher", "labels", "oracle", "student"}
     # The two independent stages ran at the same time: each saw the other start.
     assert _span(tmp_path, "teacher")["saw_other"] and _span(tmp_path, "oracle")["saw_other"]
@@ -72,7 +72,7 @@ def test_parallel_stages_overlap_and_respect_dependencies(tmp_path, monkeypatch)
 def test_one_stage_at_a_time_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     stages = [_stage(tmp_path, "a"), _stage(tmp_path, "b", wait_for="a")]
-    ScriptRunner(stages, python=sys.executable).run()
+    ScriptRunner(stages, str(REPO / "tools"), python=sys.executable).run()
     assert _started(tmp_path, "b") >= _span(tmp_path, "a")["end"]
     assert _span(tmp_path, "a")["threads"] is None  # the tool's own default
 
@@ -85,7 +85,7 @@ def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
         _stage(tmp_path, "after"),
     ]
     with pytest.raises(RuntimeError, match=r"Stage broken failed \(exit 3\)"):
-        ScriptRunner(stages, python=sys.executable, parallel=2).run()
+        ScriptRunner(stages, str(REPO / "tools"), python=sys.executable, parallel=2).run()
     assert (tmp_path / "slow" / "started").exists()
     assert not (tmp_path / "slow" / "span.json").exists()  # terminated, not waited for
     assert not (tmp_path / "slow" / STAGE_RECORD).exists()  # so it reruns (resumes) next time
@@ -95,36 +95,40 @@ def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
 def test_runner_rejects_bad_order_and_parallelism(tmp_path):
     late = [_stage(tmp_path, "student", ["teacher"]), _stage(tmp_path, "teacher")]
     with pytest.raises(ValueError, match=r"student depends on \['teacher'\], which are not listed before it"):
-        StageRunner(late)
+        StageRunner(late, str(REPO / "tools"))
     with pytest.raises(ValueError, match="parallel must be >= 1, got 0"):
-        StageRunner([_stage(tmp_path, "a")], parallel=0)
+        StageRunner([_stage(tmp_path, "a")], str(REPO / "tools"), parallel=0)
 
 
-def _full_plan_cfg(**pipeline):
+FULL = REPO / "configs" / "Synthetic" / "pipeline_nR18-FPN_full.yaml"
+
+
+def _full_plan(**pipeline):
+    """Stage names of the demo-full pipeline config with DD.PIPELINE keys overridden."""
     from detectron2.config import get_cfg
 
     from dd_detectron import add_dd_config
+    from dd_detectron.pipeline.plan import build_stages
 
     cfg = get_cfg()
     add_dd_config(cfg)
-    cfg.merge_from_file("configs/Synthetic/pipeline_nR18-FPN_full.yaml")
+    cfg.merge_from_file(str(FULL))
     for key, value in pipeline.items():
         cfg.DD.PIPELINE[key] = value
-    return cfg
+    return [s.name for s in build_stages(cfg, str(FULL.parent))]
 
 
-def test_ablations_run_on_the_first_seed_unless_told(monkeypatch):
-    monkeypatch.chdir(REPO)  # the pipeline config names its stage configs relative to the repo
-    from dd_detectron.pipeline.plan import build_stages
-
-    names = [s.name for s in build_stages(_full_plan_cfg())]
+def test_ablations_run_on_the_first_seed_unless_told(tmp_path, monkeypatch):
+    # Stage configs are found relative to the pipeline config, wherever the run starts.
+    monkeypatch.chdir(tmp_path)
+    names = _full_plan()
     headline = ["teacher", "labels_multiview", "student"]
     ablations = ["labels_singleview", "student_singleview", "student_finetune", "labels_shifted", "student_shifted", "oracle"]
     assert names == [f"seed1/{r}" for r in headline + ablations] + [f"seed{k}/{r}" for k in (2, 3) for r in headline]
-    names = [s.name for s in build_stages(_full_plan_cfg(ABLATION_SEEDS=(1, 3)))]
+    names = _full_plan(ABLATION_SEEDS=(1, 3))
     assert "seed3/oracle" in names and "seed2/oracle" not in names and "seed1/oracle" in names
     with pytest.raises(ValueError, match=r"DD\.PIPELINE\.ABLATION_SEEDS: \[7\] not in DD\.PIPELINE\.SEEDS \(1, 2, 3\)"):
-        build_stages(_full_plan_cfg(ABLATION_SEEDS=(7,)))
+        _full_plan(ABLATION_SEEDS=(7,))
 
 
 def _fake_training(folder, *aps):

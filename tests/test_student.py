@@ -200,6 +200,6 @@ def test_student_config(path):
         teachers = {p.TEACHER_CONFIG for p in pipelines if Path(p.STUDENT_CONFIG).name == path.name}
         assert teachers, f"no pipeline config in {path.parent} pairs {path.name} with a teacher"
         for teacher in teachers:
-            teacher_cfg = load_config(REPO / teacher)
+            teacher_cfg = load_config(path.parent / teacher)
             teacher_images = teacher_cfg.SOLVER.MAX_ITER * teacher_cfg.SOLVER.IMS_PER_BATCH
             assert cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH > teacher_images, teacher

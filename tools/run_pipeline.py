@@ -12,16 +12,15 @@ are skipped when their inputs have not changed, and an interrupted stage resumes
 the same command after an interruption picks up where it stopped. The report (report.md,
 report.json, report.png) is written to DD.PIPELINE.OUTPUT_DIR.
 """
-import logging
+import os
 import sys
 
 from detectron2.engine import default_argument_parser
 from detectron2.utils.logger import setup_logger
 
 from dd_detectron.pipeline import StageRunner, build_report, build_stages, write_report
-from dd_detectron.pipeline.plan import load_stage_config
-
-logger = logging.getLogger("dd_detectron")
+from dd_detectron.pipeline.pictures import draw_pipeline_label_pictures
+from dd_detectron.pipeline.plan import load_stage_config, resolve_config_path
 
 
 def setup(args):
@@ -44,15 +43,28 @@ def launch_args(args):
 def main(args):
     cfg = setup(args)
     setup_logger(cfg.DD.PIPELINE.OUTPUT_DIR, name="dd_detectron", abbrev_name="dd")
-    stages = build_stages(cfg)
-    runner = StageRunner(stages, launch_args(args), python=sys.executable, parallel=cfg.DD.PIPELINE.PARALLEL_STAGES)
+    config_dir = os.path.dirname(args.config_file)
+    stages = build_stages(cfg, config_dir)
+    runner = StageRunner(
+        stages,
+        # The other tools lie beside this one.
+        tools_dir=os.path.dirname(os.path.abspath(__file__)),
+        launch_args=launch_args(args),
+        python=sys.executable,
+        parallel=cfg.DD.PIPELINE.PARALLEL_STAGES,
+    )
     wall_times = runner.run()
-    eval_dataset = ", ".join(load_stage_config(cfg.DD.PIPELINE.TEACHER_CONFIG).DATASETS.TEST)
+    teacher_config = resolve_config_path(cfg.DD.PIPELINE.TEACHER_CONFIG, config_dir)
+    eval_dataset = ", ".join(load_stage_config(teacher_config).DATASETS.TEST)
     report = build_report(cfg.DD.PIPELINE.OUTPUT_DIR, cfg.DD.PIPELINE.SEEDS, wall_times, eval_dataset)
     paths = write_report(report, cfg.DD.PIPELINE.OUTPUT_DIR)
+    pictures = draw_pipeline_label_pictures(cfg)
     with open(paths["md"]) as f:
         sys.stdout.write(f.read())
-    logger.info("Report: %s", ", ".join(paths.values()))
+    sys.stdout.write(f"\nReport: {', '.join(paths.values())}\n")
+    if pictures:
+        sys.stdout.write(f"Generated labels beside the true ones: {os.path.dirname(pictures[0])}/ ")
+        sys.stdout.write(f"({len(pictures)} pictures)\n")
     return report
 
 

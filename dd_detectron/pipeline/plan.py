@@ -1,20 +1,47 @@
 """
 Which stages a pipeline config asks for: per seed, teacher -> annotate -> student, plus the
 ablations of DD.PIPELINE.ABLATIONS. Every stage is a command line of a stand-alone tool.
+
+Each stage writes ``<DD.PIPELINE.OUTPUT_DIR>/seed<k>/<row>``; the row names below are also what
+the report reads.
 """
 import os
 from typing import List
 
 from detectron2.config import get_cfg
 
-from ..config import add_dd_config
+from ..annotation import OUTPUT_JSON
+from ..config import add_dd_config, num_views
 from .stages import Stage
 
-__all__ = ["ABLATIONS", "GENERATED_JSON", "build_stages", "load_stage_config"]
+__all__ = [
+    "ABLATIONS",
+    "TEACHER",
+    "LABELS_MULTIVIEW",
+    "STUDENT",
+    "LABELS_SINGLEVIEW",
+    "STUDENT_SINGLEVIEW",
+    "STUDENT_FINETUNE",
+    "LABELS_SHIFTED",
+    "STUDENT_SHIFTED",
+    "ORACLE",
+    "build_stages",
+    "load_stage_config",
+    "resolve_config_path",
+]
 
-# The annotation stage's output file (tools/annotate_net.py).
-GENERATED_JSON = "person_keypoints_generated.json"
 ABLATIONS = ("single_view", "finetune", "shifted", "oracle")
+
+# Rows: the folder of a stage within its seed's folder.
+TEACHER = "teacher"
+LABELS_MULTIVIEW = "labels_multiview"
+STUDENT = "student"
+LABELS_SINGLEVIEW = "labels_singleview"
+STUDENT_SINGLEVIEW = "student_singleview"
+STUDENT_FINETUNE = "student_finetune"
+LABELS_SHIFTED = "labels_shifted"
+STUDENT_SHIFTED = "student_shifted"
+ORACLE = "oracle"
 
 
 def load_stage_config(config_file: str, opts=()):
@@ -31,11 +58,21 @@ def _tuple(*names: str) -> str:
     return repr(tuple(names))
 
 
-def build_stages(cfg) -> List[Stage]:
+def resolve_config_path(path: str, config_dir: str) -> str:
+    """A stage config path of DD.PIPELINE, read as detectron2 reads ``_BASE_``: relative to the
+    folder of the pipeline config (``config_dir``); absolute paths and "" are kept."""
+    if not path or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(config_dir, path))
+
+
+def build_stages(cfg, config_dir: str = "") -> List[Stage]:
     """The stages of a pipeline config, in the order they must run.
 
     Args:
         cfg: a config with the DD.PIPELINE node filled in.
+        config_dir: the folder of the pipeline config file; DD.PIPELINE's stage configs are
+            relative to it.
 
     Returns:
         the stages; names are "seed<k>/<row>" with rows teacher, labels_multiview, student,
@@ -46,12 +83,19 @@ def build_stages(cfg) -> List[Stage]:
     unknown = set(p.ABLATIONS) - set(ABLATIONS)
     if unknown:
         raise ValueError(f"DD.PIPELINE.ABLATIONS: unknown {sorted(unknown)}; allowed: {ABLATIONS}")
+    configs = {
+        key: resolve_config_path(p.get(key), config_dir)
+        for key in ("TEACHER_CONFIG", "STUDENT_CONFIG", "ORACLE_CONFIG")
+    }
     for key in ("TEACHER_CONFIG", "STUDENT_CONFIG"):
-        path = p.get(key)
-        if not path or not os.path.isfile(path):
-            raise ValueError(f"DD.PIPELINE.{key}: config file {path!r} not found")
-    if "oracle" in p.ABLATIONS and not os.path.isfile(p.ORACLE_CONFIG):
-        raise ValueError(f"DD.PIPELINE.ORACLE_CONFIG: config file {p.ORACLE_CONFIG!r} not found (oracle ablation)")
+        if not configs[key] or not os.path.isfile(configs[key]):
+            raise ValueError(f"DD.PIPELINE.{key}: config file {configs[key]!r} not found")
+    if "oracle" in p.ABLATIONS and not os.path.isfile(configs["ORACLE_CONFIG"]):
+        raise ValueError(
+            f"DD.PIPELINE.ORACLE_CONFIG: config file {configs['ORACLE_CONFIG']!r} not found "
+            "(oracle ablation)"
+        )
+    teacher_config, student_config = configs["TEACHER_CONFIG"], configs["STUDENT_CONFIG"]
     if not p.SEEDS:
         raise ValueError("DD.PIPELINE.SEEDS is empty")
     ablation_seeds = tuple(p.ABLATION_SEEDS) or tuple(p.SEEDS[:1])
@@ -59,9 +103,9 @@ def build_stages(cfg) -> List[Stage]:
     if stray:
         raise ValueError(f"DD.PIPELINE.ABLATION_SEEDS: {stray} not in DD.PIPELINE.SEEDS {tuple(p.SEEDS)}")
     common = list(p.STAGE_OPTS)
-    teacher_cfg = load_stage_config(p.TEACHER_CONFIG, common)
-    load_stage_config(p.STUDENT_CONFIG, common)  # a broken student config fails now, not in an hour
-    views = len(teacher_cfg.TEST.AUG.MIN_SIZES) * (2 if teacher_cfg.TEST.AUG.FLIP else 1)
+    teacher_cfg = load_stage_config(teacher_config, common)
+    load_stage_config(student_config, common)  # a broken student config fails now, not in an hour
+    views = num_views(teacher_cfg)
     if p.ANNOTATE_PROCESSES < 0:
         raise ValueError(f"DD.PIPELINE.ANNOTATE_PROCESSES must be >= 0, got {p.ANNOTATE_PROCESSES}")
     annotate_launcher = (
@@ -82,7 +126,7 @@ def build_stages(cfg) -> List[Stage]:
         def name(row: str) -> str:
             return f"seed{seed}/{row}"
 
-        teacher_weights = os.path.join(path("teacher"), "model_final.pth")
+        teacher_weights = os.path.join(path(TEACHER), "model_final.pth")
 
         def train(row, config, opts=(), depends=()):
             c = load_stage_config(config, common + list(opts))
@@ -100,7 +144,7 @@ def build_stages(cfg) -> List[Stage]:
             )
 
         def annotate(row, dataset, truth, multiview):
-            args = ["--config-file", p.TEACHER_CONFIG, "--output", path(row)]
+            args = ["--config-file", teacher_config, "--output", path(row)]
             if truth:
                 args += ["--truth", truth]
             args += [
@@ -116,38 +160,38 @@ def build_stages(cfg) -> List[Stage]:
                     tool="annotate_net",
                     args=args,
                     output_dir=path(row),
-                    config_files=[p.TEACHER_CONFIG],
-                    depends_on=[name("teacher")],
+                    config_files=[teacher_config],
+                    depends_on=[name(TEACHER)],
                     work=float(views if multiview else 1),
                     launcher=annotate_launcher,
                 )
             )
 
         def student(row, labels_row, opts=()):
-            generated = os.path.join(path(labels_row), GENERATED_JSON)
+            generated = os.path.join(path(labels_row), OUTPUT_JSON)
             train(
                 row,
-                p.STUDENT_CONFIG,
+                student_config,
                 ["DD.STUDENT.GENERATED_DATASETS", _tuple(generated), *opts],
                 depends=[labels_row],  # and so, through the labels, on the teacher
             )
 
-        train("teacher", p.TEACHER_CONFIG)
-        annotate("labels_multiview", p.UNLABELED_DATASET, p.UNLABELED_TRUTH, True)
-        student("student", "labels_multiview")
+        train(TEACHER, teacher_config)
+        annotate(LABELS_MULTIVIEW, p.UNLABELED_DATASET, p.UNLABELED_TRUTH, True)
+        student(STUDENT, LABELS_MULTIVIEW)
         ablations = p.ABLATIONS if seed in ablation_seeds else ()
         if "single_view" in ablations:
-            annotate("labels_singleview", p.UNLABELED_DATASET, p.UNLABELED_TRUTH, False)
-            student("student_singleview", "labels_singleview")
+            annotate(LABELS_SINGLEVIEW, p.UNLABELED_DATASET, p.UNLABELED_TRUTH, False)
+            student(STUDENT_SINGLEVIEW, LABELS_SINGLEVIEW)
         if "finetune" in ablations:
             student(
-                "student_finetune",
-                "labels_multiview",
+                STUDENT_FINETUNE,
+                LABELS_MULTIVIEW,
                 ["DD.STUDENT.INIT", "teacher", "DD.STUDENT.TEACHER_WEIGHTS", teacher_weights],
             )
         if "shifted" in ablations:
-            annotate("labels_shifted", p.SHIFTED_DATASET, p.SHIFTED_TRUTH, True)
-            student("student_shifted", "labels_shifted")
+            annotate(LABELS_SHIFTED, p.SHIFTED_DATASET, p.SHIFTED_TRUTH, True)
+            student(STUDENT_SHIFTED, LABELS_SHIFTED)
         if "oracle" in ablations:
-            train("oracle", p.ORACLE_CONFIG)
+            train(ORACLE, configs["ORACLE_CONFIG"])
     return stages

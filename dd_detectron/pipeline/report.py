@@ -5,38 +5,60 @@ every set of generated labels, per-stage wall time; as Markdown, JSON and a PNG 
 Model AP is read from each training stage's metrics.json (the final evaluation detectron2's
 EvalHook runs at the end of training); label AP from each annotation stage's label_quality.json.
 """
-import io
 import json
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
 from ..utils import write_atomic
+from ..utils.plotting import new_figure, png_bytes
+from .plan import (
+    LABELS_MULTIVIEW,
+    LABELS_SHIFTED,
+    LABELS_SINGLEVIEW,
+    ORACLE,
+    STUDENT,
+    STUDENT_FINETUNE,
+    STUDENT_SHIFTED,
+    STUDENT_SINGLEVIEW,
+    TEACHER,
+)
 
-__all__ = ["METRICS", "read_final_metrics", "read_eval_curve", "build_report", "write_report"]
+__all__ = [
+    "METRICS",
+    "REPORT_FILES",
+    "read_final_metrics",
+    "read_eval_curve",
+    "build_report",
+    "write_report",
+]
 
 METRICS = ("AP", "AP50", "AP75", "APm", "APl")
 MODEL_ROWS = OrderedDict(
     [
-        ("teacher", "teacher (labeled only)"),
-        ("student", "student (labeled + multi-view labels)"),
-        ("student_singleview", "student (labeled + single-view labels)"),
-        ("student_finetune", "student fine-tuned from the teacher"),
-        ("student_shifted", "student (labeled + shifted-split labels)"),
-        ("oracle", "oracle (labeled + true labels of unlabeled)"),
+        (TEACHER, "teacher (labeled only)"),
+        (STUDENT, "student (labeled + multi-view labels)"),
+        (STUDENT_SINGLEVIEW, "student (labeled + single-view labels)"),
+        (STUDENT_FINETUNE, "student fine-tuned from the teacher"),
+        (STUDENT_SHIFTED, "student (labeled + shifted-split labels)"),
+        (ORACLE, "oracle (labeled + true labels of unlabeled)"),
     ]
 )
 LABEL_ROWS = OrderedDict(
     [
-        ("labels_multiview", "multi-view labels of the unlabeled split"),
-        ("labels_singleview", "single-view labels of the unlabeled split"),
-        ("labels_shifted", "multi-view labels of the shifted split"),
+        (LABELS_MULTIVIEW, "multi-view labels of the unlabeled split"),
+        (LABELS_SINGLEVIEW, "single-view labels of the unlabeled split"),
+        (LABELS_SHIFTED, "multi-view labels of the shifted split"),
     ]
 )
+# detectron2's JSONWriter file in a training stage's OUTPUT_DIR.
+METRICS_JSON = "metrics.json"
+# What write_report writes into DD.PIPELINE.OUTPUT_DIR, by extension.
+REPORT_FILES = {ext: f"report.{ext}" for ext in ("md", "json", "png")}
 
 
 def _metrics_lines(output_dir: str) -> List[dict]:
-    path = os.path.join(output_dir, "metrics.json")
+    path = os.path.join(output_dir, METRICS_JSON)
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -108,12 +130,12 @@ def build_report(output_root: str, seeds, wall_times: Dict[str, float], eval_dat
         per_seed[str(seed)] = {
             "models": models,
             "labels": labels,
-            "teacher_curve": read_eval_curve(os.path.join(root, "teacher")),
+            "teacher_curve": read_eval_curve(os.path.join(root, TEACHER)),
         }
     gains = [
-        s["models"]["student"]["AP"] - s["models"]["teacher"]["AP"]
+        s["models"][STUDENT]["AP"] - s["models"][TEACHER]["AP"]
         for s in per_seed.values()
-        if s["models"].get("student") and s["models"].get("teacher")
+        if s["models"].get(STUDENT) and s["models"].get(TEACHER)
     ]
     summary = {
         "student_minus_teacher_AP": gains,
@@ -135,14 +157,14 @@ def _view_comparisons(per_seed) -> List[dict]:
     comparisons = []
     for seed, data in per_seed.items():
         labels, models = data["labels"], data["models"]
-        multi, single = labels.get("labels_multiview"), labels.get("labels_singleview")
-        if not (multi and single and models.get("student") and models.get("student_singleview")):
+        multi, single = labels.get(LABELS_MULTIVIEW), labels.get(LABELS_SINGLEVIEW)
+        if not (multi and single and models.get(STUDENT) and models.get(STUDENT_SINGLEVIEW)):
             continue
         comparisons.append(
             {
                 "seed": seed,
                 "label_AP": [multi["keypoints"]["AP"], single["keypoints"]["AP"]],
-                "student_AP": [models["student"]["AP"], models["student_singleview"]["AP"]],
+                "student_AP": [models[STUDENT]["AP"], models[STUDENT_SINGLEVIEW]["AP"]],
             }
         )
     return comparisons
@@ -202,32 +224,24 @@ def report_markdown(report: dict) -> str:
 
 
 def _chart(report: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [row for row in MODEL_ROWS if any(row in d["models"] for d in report["per_seed"].values())]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6))
+    fig = new_figure((1.6 + 1.3 * len(rows), 3.6))
+    ax = fig.add_subplot(1, 1, 1)
     for i, row in enumerate(rows):
         values = [d["models"][row]["AP"] for d in report["per_seed"].values() if d["models"].get(row)]
         if values:
-            ax.bar(i, sum(values) / len(values), color="#4c72b0" if row != "teacher" else "#999999")
+            ax.bar(i, sum(values) / len(values), color="#4c72b0" if row != TEACHER else "#999999")
             ax.scatter([i] * len(values), values, color="black", s=10, zorder=3)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([MODEL_ROWS[r].replace(" (", "\n(") for r in rows], fontsize=7)
     ax.set_ylabel(f"keypoint AP, {report['eval_dataset']}")
     ax.set_title("Data distillation: mean over seeds (dots: each seed)", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, png_bytes(fig, dpi=120))
 
 
 def write_report(report: dict, output_root: str) -> Dict[str, str]:
     """Write report.md, report.json and report.png into ``output_root``; return their paths."""
-    paths = {ext: os.path.join(output_root, f"report.{ext}") for ext in ("md", "json", "png")}
+    paths = {ext: os.path.join(output_root, name) for ext, name in REPORT_FILES.items()}
     write_atomic(paths["md"], report_markdown(report))
     write_atomic(paths["json"], json.dumps(report, indent=1))
     _chart(report, paths["png"])

@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Stage", "StageRunner", "config_files_digest"]
 
 STAGE_RECORD = "stage.json"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Child output lines worth echoing: detectron2's training ETA lines, inference progress and
 # final results, the annotation stage's summary. Everything goes to the stage's log file.
@@ -92,6 +91,8 @@ class StageRunner:
 
     Args:
         stages: in dependency order (a stage only depends on stages listed before it).
+        tools_dir: the folder of the stand-alone tools (``<tool>.py``); tools/run_pipeline.py
+            passes its own folder.
         launch_args: detectron2 launch arguments passed to every tool (--num-gpus ...).
         python: interpreter for the tools.
         parallel: how many stages may run at once (a stage starts as soon as the stages it reads
@@ -103,6 +104,7 @@ class StageRunner:
     def __init__(
         self,
         stages: Sequence[Stage],
+        tools_dir: str,
         launch_args: Sequence[str] = (),
         python: str = sys.executable,
         parallel: int = 1,
@@ -117,6 +119,7 @@ class StageRunner:
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.stages = list(stages)
+        self.tools_dir = tools_dir
         self.launch_args = list(launch_args)
         self.python = python
         self.parallel = parallel
@@ -232,7 +235,7 @@ class StageRunner:
         write_atomic(os.path.join(stage.output_dir, STAGE_RECORD), json.dumps(record, indent=1))
 
     def _command(self, stage: Stage, resume: bool) -> List[str]:
-        tool = os.path.join(REPO_ROOT, "tools", stage.tool + ".py")
+        tool = os.path.join(self.tools_dir, stage.tool + ".py")
         return [
             self.python, *stage.launcher, tool, *self.launch_args, *(stage.resume_args if resume else []), *stage.args
         ]
