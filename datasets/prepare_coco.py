@@ -31,6 +31,7 @@ import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from dd_detectron.data.datasets import datasets_root
 from dd_detectron.data.datasets.coco import FROM_PREPARE, PAPER_SPLITS, get_paper_split
 from dd_detectron.data.datasets.image_folder import BUILTIN_IMAGE_FOLDERS, list_image_files
 
@@ -57,11 +58,6 @@ ARCHIVE_OF = {
 }
 # Images listed in messages when some are missing; the rest are counted.
 MAX_NAMED_MISSING = 5
-
-
-def default_root() -> str:
-    """Returns $DETECTRON2_DATASETS (default "datasets"), as detectron2's builtin datasets do."""
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def read_json(path: str) -> dict:
@@ -339,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         the exit status: 0, or 1 when --check finds something missing.
     """
     args = parse_args(argv)
-    root = default_root() if args.root is None else args.root
+    root = datasets_root() if args.root is None else args.root
     print(f"datasets root: {os.path.abspath(root)}")
     if args.check:
         ok, lines = check(root, args.splits)

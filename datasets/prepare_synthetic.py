@@ -11,11 +11,10 @@ import argparse
 import logging
 import time
 
-from dd_detectron.data.datasets.synthetic import (
+from dd_detectron.data.datasets import datasets_root
+from dd_detectron.data.synthetic import (
     SYNTHETIC_SPLITS,
-    default_root,
     generate_split,
-    get_synthetic_split,
     is_split_complete,
     split_files,
 )
@@ -51,9 +50,10 @@ def main(argv=None) -> None:
         argv: arguments (None reads sys.argv).
     """
     args = parse_args(argv)
-    root = default_root() if args.root is None else args.root
+    root = datasets_root() if args.root is None else args.root
+    specs = {spec.name: spec for spec in SYNTHETIC_SPLITS}
     for name in args.splits:
-        spec = get_synthetic_split(name)
+        spec = specs[name]
         files = split_files(spec, root)
         if not args.force and is_split_complete(spec, root):
             logger.info("%s is up to date: %s", name, files.json_file)

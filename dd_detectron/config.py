@@ -51,7 +51,7 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.ANNOTATE = CN()
     # Registered datasets to label; their annotations, if any, are ignored. "folder:<path>" names
     # a folder of JPEG/PNG images, searched recursively (data/datasets/image_folder.py; a
-    # relative path is taken from the working directory).
+    # relative path is taken from the working directory; registered by register_path_datasets).
     _C.DD.ANNOTATE.DATASETS = ("synthetic_kp_unlabeled",)
     # Keep instances whose detection score is >= this: "auto" (the threshold at which the mean
     # number of kept instances per image equals the mean number of annotated instances per
@@ -73,8 +73,9 @@ def add_dd_config(cfg: CN) -> None:
     # ---------------------------------------------------------------------------------------
     _C.DD.STUDENT = CN()
     # Generated labels: registered dataset names (see data/datasets/generated.py, or
-    # register_generated_keypoints) or paths ending in ".json" (registered on use); empty =
-    # ordinary training on DATASETS.TRAIN. Non-empty = student training with the ratio loader.
+    # register_generated_keypoints) or paths ending in ".json" (registered under that name by
+    # register_path_datasets, in the tools' setup); empty = ordinary training on DATASETS.TRAIN.
+    # Non-empty = student training with the ratio loader.
     _C.DD.STUDENT.GENERATED_DATASETS = ()
     # Share of labeled (DATASETS.TRAIN) images in every global minibatch, in (0, 1): each global
     # minibatch of SOLVER.IMS_PER_BATCH = B images holds round(f * B) labeled images (halves up),

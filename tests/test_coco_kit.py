@@ -38,13 +38,12 @@ from dd_detectron.data.datasets.coco import (
     load_image_info_json,
     register_coco_unlabeled,
 )
+from dd_detectron.data.datasets import FOLDER_PREFIX, register_path_datasets
 from dd_detectron.data.datasets.image_folder import (
-    FOLDER_PREFIX,
     image_id_for,
     list_image_files,
     load_image_folder,
     read_image_size,
-    register_folder_datasets_in_cfg,
     register_image_folder,
 )
 
@@ -415,30 +414,29 @@ def test_image_folder_dataset(tmp_path, caplog):
         load_image_folder(str(tmp_path / "no_images"))
 
 
-def test_folder_names_in_config(tmp_path):
+def test_folder_names_in_config(tmp_path, monkeypatch):
     folder = tmp_path / "frames"
     _write_folder(folder)
     cfg = get_cfg()
     add_dd_config(cfg)
     entry = FOLDER_PREFIX + str(folder)
     cfg.DD.ANNOTATE.DATASETS = (entry, "coco_2017_unlabeled")
-    assert register_folder_datasets_in_cfg(cfg) == [entry]
-    assert register_folder_datasets_in_cfg(cfg) == []  # registered once
+    assert register_path_datasets(cfg) == [entry]
+    assert register_path_datasets(cfg) == []  # registered once
     assert len(DatasetCatalog.get(entry)) == 5
     assert MetadataCatalog.get(entry).image_root == str(folder)
-    # A relative path is taken from the working directory.
-    cwd = os.getcwd()
-    try:
-        os.chdir(tmp_path)
-        cfg.DD.ANNOTATE.DATASETS = ("folder:frames/b",)
-        register_folder_datasets_in_cfg(cfg)
-    finally:
-        os.chdir(cwd)
-    listed = sorted(os.path.basename(r["file_name"]) for r in DatasetCatalog.get("folder:frames/b"))
+    # A relative path is taken from the working directory (a unique one: the catalog is global).
+    relative = f"folder:frames/b_{uuid.uuid4().hex[:8]}"
+    shutil.copytree(folder / "b", tmp_path / relative[len(FOLDER_PREFIX):])
+    monkeypatch.chdir(tmp_path)
+    cfg.DD.ANNOTATE.DATASETS = (relative,)
+    register_path_datasets(cfg)
+    monkeypatch.undo()
+    listed = sorted(os.path.basename(r["file_name"]) for r in DatasetCatalog.get(relative))
     assert listed == ["0001.jpg", "rotated.jpg"]
     cfg.DD.ANNOTATE.DATASETS = ("folder:" + str(tmp_path / "absent"),)
     with pytest.raises(FileNotFoundError, match=r"DD\.ANNOTATE\.DATASETS: 'folder:.*absent' names the folder"):
-        register_folder_datasets_in_cfg(cfg)
+        register_path_datasets(cfg)
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -25,8 +26,11 @@ from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP,
 from detectron2.utils.events import EventStorage
 
 from dd_detectron import add_dd_config
-from dd_detectron.data import build_ratio_train_loader, register_generated_keypoints
-from dd_detectron.data.datasets.generated import resolve_generated_datasets
+from dd_detectron.data import (
+    build_ratio_train_loader,
+    register_generated_keypoints,
+    register_path_datasets,
+)
 from dd_detectron.data.ratio_loader import SOURCE_KEY, RatioPlan, SourceSlotSampler
 from dd_detectron.engine import SourceCountingLoader
 
@@ -329,6 +333,7 @@ def test_config_loader_maps_and_tags_both_sources(tmp_path):
     labeled = register_toy_labeled(str(tmp_path / "lab"), 6, seed=1)
     generated_json = write_toy_keypoints(str(tmp_path / "gen"), 4, seed=2)
     cfg = student_cfg(labeled, [generated_json])
+    assert register_path_datasets(cfg) == [generated_json]
     loader = build_ratio_train_loader(cfg, seed=0)
     batch = next(iter(loader))
     assert [r[SOURCE_KEY] for r in batch] == ["labeled"] * 3 + ["generated"] * 2
@@ -379,29 +384,41 @@ def test_generated_json_with_no_images(tmp_path):
 
 def test_generated_json_without_keypoints(tmp_path):
     path = write_toy_keypoints(str(tmp_path), 3, seed=4, keypoints=False)
+    register_path_datasets(student_cfg("unused", [path]))
     with pytest.raises(ValueError, match=rf"{path}: an annotation of image 1 has no 'keypoints'"):
-        DatasetCatalog.get(resolve_generated_datasets([path])[0])
+        DatasetCatalog.get(path)
 
 
 def test_generated_json_without_annotations(tmp_path):
     path = write_toy_keypoints(str(tmp_path), 3, seed=4, annotations=False)
+    register_path_datasets(student_cfg("unused", [path]))
     with pytest.raises(ValueError, match=rf"{path}: .* has 3 images but no annotations"):
-        DatasetCatalog.get(resolve_generated_datasets([path])[0])
+        DatasetCatalog.get(path)
 
 
 def test_generated_keypoints_must_match_labeled(tmp_path):
     labeled = register_toy_labeled(str(tmp_path / "lab"), 4, seed=1)
     path = write_toy_keypoints(str(tmp_path / "gen"), 3, seed=5, num_keypoints=5)
+    cfg = student_cfg(labeled, [path])
+    register_path_datasets(cfg)
     with pytest.raises(ValueError, match=r"GENERATED_DATASETS=.*has 15 keypoint values, expected 3 \* 17 = 51"):
-        build_ratio_train_loader(student_cfg(labeled, [path]), seed=0)
+        build_ratio_train_loader(cfg, seed=0)
 
 
 def test_missing_or_unknown_generated_dataset(tmp_path):
     missing = str(tmp_path / "nowhere.json")
-    with pytest.raises(FileNotFoundError, match=rf"DD\.STUDENT\.GENERATED_DATASETS: the file {missing} does not exist"):
-        resolve_generated_datasets([missing])
-    with pytest.raises(KeyError, match=r"'not_registered' is neither a registered dataset"):
-        resolve_generated_datasets(["not_registered"])
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        f"DD.STUDENT.GENERATED_DATASETS: {missing!r} names the file {missing}, which does not exist"
+    )):
+        register_path_datasets(student_cfg("unused", [missing]))
+    # The loader takes registered names only, and says who registers paths.
+    for unknown in ("not_registered", str(tmp_path / "never_registered.json")):
+        cfg = student_cfg("unused", [unknown])
+        with pytest.raises(KeyError, match=re.escape(f"{unknown!r} is not a registered dataset")
+                           + r".*register_path_datasets\(cfg\)"):
+            build_ratio_train_loader(cfg, labeled_dataset=toy_dicts("L", 3), seed=0)
+    with pytest.raises(ValueError, match=r"DD\.STUDENT\.GENERATED_DATASETS is empty"):
+        build_ratio_train_loader(student_cfg("unused", []), labeled_dataset=toy_dicts("L", 3), seed=0)
     # A builtin name whose file was not written yet says which file is missing.
     with pytest.raises(FileNotFoundError, match=r"dd_generated/coco_un120_keypoints\.json .* does not exist"):
         DatasetCatalog.get("dd_coco_un120_generated")
@@ -421,6 +438,7 @@ def test_benchmark_train_loader_task_runs(tmp_path):
     labeled = register_toy_labeled(str(tmp_path / "lab"), 6, seed=1)
     generated = write_toy_keypoints(str(tmp_path / "gen"), 4, seed=2)
     cfg = student_cfg(labeled, [generated])
+    register_path_datasets(cfg)  # as the tool's setup does
     args = argparse.Namespace(rounds=2, num_iters=2, warmup=1)
     result = benchmark.TASKS["train_loader"](cfg, args)
     assert set(result["batches_per_s"]) == {"ratio (dd_detectron)", "build_detection_train_loader"}

@@ -10,6 +10,7 @@ import pytest
 from detectron2.config import get_cfg
 
 from dd_detectron import add_dd_config
+from dd_detectron.data import register_path_datasets
 from dd_detectron.engine import DDTrainer, apply_student_init
 from test_ratio_loader import register_toy_labeled, write_toy_keypoints
 
@@ -53,7 +54,7 @@ def tiny_student_cfg(tmp_path):
     cfg.INPUT.MAX_SIZE_TEST = 112
     cfg.DATASETS.TRAIN = (register_toy_labeled(str(tmp_path / "labeled"), 6, seed=1),)
     cfg.DATASETS.TEST = (register_toy_labeled(str(tmp_path / "val"), 3, seed=3),)
-    # A path entry: registered on use, like the annotation stage's output would be.
+    # A path entry, like the annotation stage's output: registered as the tools' setup does.
     cfg.DD.STUDENT.GENERATED_DATASETS = (write_toy_keypoints(str(tmp_path / "generated"), 4, seed=2),)
     cfg.DD.STUDENT.LABELED_FRACTION = 0.6
     cfg.DATALOADER.NUM_WORKERS = 0
@@ -67,6 +68,7 @@ def tiny_student_cfg(tmp_path):
     cfg.TEST.DETECTIONS_PER_IMAGE = 10
     cfg.OUTPUT_DIR = str(tmp_path / "output")
     cfg.SEED = 0
+    register_path_datasets(cfg)
     return cfg
 
 

@@ -15,16 +15,11 @@ from detectron2.data.datasets.builtin_meta import (
 )
 from pycocotools.coco import COCO
 
-from dd_detectron.data.datasets import synthetic as syn
-from dd_detectron.data.datasets.synthetic_render import (
-    Distractor,
-    Part,
-    Pose,
-    RenderConfig,
-    build_figure,
-    render_scene,
-    sample_appearance,
-)
+from dd_detectron.data.datasets import ensure_dataset_ready, register_synthetic_keypoints
+from dd_detectron.data.synthetic import splits as syn
+from dd_detectron.data.synthetic.figure import Part, Pose, build_figure, sample_appearance
+from dd_detectron.data.synthetic.render_config import RenderConfig
+from dd_detectron.data.synthetic.scene import Distractor, render_scene
 
 KP = {name: i for i, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
 # Tiny versions of every default split: enough images to hit every case, fast to make.
@@ -75,7 +70,6 @@ def clean_registry():
     for name in names:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-        syn._REGISTERED.pop(name, None)
 
 
 def test_default_split_table():
@@ -217,15 +211,14 @@ def test_unlabeled_split_has_no_annotations_but_truth_does(tiny_root):
         assert all(r["annotations"] == [] for r in records)
 
 
-def test_registration_generates_lazily(tmp_path, monkeypatch, clean_registry):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+def test_registration_generates_lazily(tmp_path, clean_registry):
     specs = [
         dataclasses.replace(syn.SYNTHETIC_SPLITS[0], name="synthetic_kp_test_lazy", num_images=3),
         dataclasses.replace(
             syn.SYNTHETIC_SPLITS[1], name="synthetic_kp_test_lazy_unl", num_images=2
         ),
     ]
-    names = syn.register_synthetic_keypoints(splits=specs)
+    names = register_synthetic_keypoints(str(tmp_path), specs)
     clean_registry.extend(names)
     assert names == [
         "synthetic_kp_test_lazy",
@@ -248,19 +241,19 @@ def test_registration_generates_lazily(tmp_path, monkeypatch, clean_registry):
     unlabeled = DatasetCatalog.get("synthetic_kp_test_lazy_unl")
     assert [r["image_id"] for r in unlabeled] == [r["image_id"] for r in truth]
     assert not os.path.exists(MetadataCatalog.get("synthetic_kp_test_lazy").json_file)
-    assert syn.ensure_synthetic_split("synthetic_kp_test_lazy") == MetadataCatalog.get(
-        "synthetic_kp_test_lazy"
-    ).json_file
+    # What evaluators and label-quality checks call before they read the JSON file themselves.
+    meta = ensure_dataset_ready("synthetic_kp_test_lazy", category_ids=False)
+    assert meta is MetadataCatalog.get("synthetic_kp_test_lazy") and os.path.isfile(meta.json_file)
     assert len(DatasetCatalog.get("synthetic_kp_test_lazy")) == 3
 
 
-def test_default_registration_uses_detectron2_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    files = syn.split_files(syn.SYNTHETIC_SPLITS[1])
+def test_split_files_layout(tmp_path):
+    files = syn.split_files(syn.SYNTHETIC_SPLITS[1], str(tmp_path))
     assert files.image_root == str(tmp_path / "synthetic_kp" / "unlabeled")
     ann_dir = tmp_path / "synthetic_kp" / "annotations"
     assert files.json_file == str(ann_dir / "synthetic_kp_unlabeled.json")
     assert files.truth_json_file == str(ann_dir / "synthetic_kp_unlabeled_truth.json")
+    assert syn.split_files(syn.SYNTHETIC_SPLITS[0], str(tmp_path)).truth_json_file is None
 
 
 def test_incomplete_or_outdated_split_is_regenerated(tmp_path):
@@ -397,7 +390,7 @@ def test_ground_truth_as_predictions_scores_100_ap(tmp_path, clean_registry):
     from detectron2.structures import Boxes, BoxMode, Instances
 
     spec = dataclasses.replace(syn.SYNTHETIC_SPLITS[2], name="synthetic_kp_test_ap", num_images=8)
-    clean_registry.extend(syn.register_synthetic_keypoints(str(tmp_path), [spec]))
+    clean_registry.extend(register_synthetic_keypoints(str(tmp_path), [spec]))
     records = DatasetCatalog.get(spec.name)
 
     def evaluate(task, keep):
@@ -424,7 +417,8 @@ def test_ground_truth_as_predictions_scores_100_ap(tmp_path, clean_registry):
 
 
 def test_small_people_have_a_box_but_no_keypoints():
-    spec = syn.get_synthetic_split("synthetic_kp_labeled")
+    spec = syn.SYNTHETIC_SPLITS[0]
+    assert spec.name == "synthetic_kp_labeled"
     anns = [a for i in range(40) for a in syn.render_synthetic_image(spec, i)[1]]
     small = [a for a in anns if a["area"] < 32**2]
     assert small, "the sample must contain small people"

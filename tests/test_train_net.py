@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dd_detectron.data.datasets import synthetic
+from dd_detectron.data.datasets import register_synthetic_keypoints
+from dd_detectron.data.synthetic import SYNTHETIC_SPLITS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs" / "Synthetic" / "teacher_nR18-FPN_2k_labeled.yaml")
@@ -26,12 +27,12 @@ def _load_tool(name):
 def tiny_splits(tmp_path_factory):
     """Two tiny synthetic splits under test-only names, generated in a tmp root."""
     root = str(tmp_path_factory.mktemp("train_net_data"))
-    by_name = {s.name: s for s in synthetic.SYNTHETIC_SPLITS}
+    by_name = {s.name: s for s in SYNTHETIC_SPLITS}
     specs = [
         dataclasses.replace(by_name["synthetic_kp_labeled"], name="test_train_net_labeled", num_images=6),
         dataclasses.replace(by_name["synthetic_kp_val"], name="test_train_net_val", num_images=4),
     ]
-    synthetic.register_synthetic_keypoints(root=root, splits=specs)
+    register_synthetic_keypoints(root=root, splits=specs)
     return [s.name for s in specs]
 
 

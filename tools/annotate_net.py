@@ -37,7 +37,7 @@ from dd_detectron.annotation import (
     launched_by_torchrun,
     shutdown_distributed,
 )
-from dd_detectron.data.datasets import register_folder_datasets_in_cfg
+from dd_detectron.data import register_path_datasets
 
 logger = logging.getLogger("dd_detectron.annotate_net")
 
@@ -70,8 +70,7 @@ def setup(args):
     default_setup(cfg, args)
     # default_setup configures only detectron2's logger; dd_detectron's goes to the same log.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dd_detectron")
-    # DD.ANNOTATE.DATASETS entries "folder:<path>" name image folders: register them.
-    register_folder_datasets_in_cfg(cfg)
+    register_path_datasets(cfg)
     return cfg
 
 

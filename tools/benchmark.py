@@ -57,8 +57,7 @@ from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 from dd_detectron import add_dd_config
-from dd_detectron.data import build_ratio_train_loader
-from dd_detectron.data.datasets.generated import resolve_generated_datasets
+from dd_detectron.data import build_ratio_train_loader, register_path_datasets
 from dd_detectron.engine import SourceCountingLoader
 
 # --task tta / annotate
@@ -94,6 +93,7 @@ def setup(args):
     cfg.freeze()
     setup_logger(name="detectron2")
     setup_logger(name="dd_detectron")
+    register_path_datasets(cfg)
     return cfg
 
 
@@ -120,7 +120,7 @@ def benchmark_train_loader(cfg, args) -> dict:
     min_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
     filters = dict(filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, min_keypoints=min_keypoints)
     labeled = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, **filters)
-    generated = get_detection_dataset_dicts(resolve_generated_datasets(cfg.DD.STUDENT.GENERATED_DATASETS), **filters)
+    generated = get_detection_dataset_dicts(cfg.DD.STUDENT.GENERATED_DATASETS, **filters)
     mapper = DatasetMapper(cfg, True)
     loaders = {
         "ratio (dd_detectron)": SourceCountingLoader(

@@ -24,6 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from dd_detectron import add_dd_config
+from dd_detectron.data import register_path_datasets
 from dd_detectron.engine import DDTrainer, apply_student_init
 
 logger = logging.getLogger("dd_detectron.train_net")
@@ -42,6 +43,7 @@ def setup(args):
     default_setup(cfg, args)
     # default_setup configures only detectron2's logger; dd_detectron's goes to the same log.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dd_detectron")
+    register_path_datasets(cfg)
     if student_init:
         logger.info(student_init)
     return cfg

@@ -31,6 +31,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 
 from ..config import parse_threshold
+from ..data.datasets import ensure_dataset_ready
 from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
 from ..utils import write_atomic
 from .coco_writer import LabelSpace, write_coco_keypoints_json
@@ -117,9 +118,8 @@ def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
     for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DD.ANNOTATE.DATASETS", settings.datasets)):
         for name in names:
             metadata = MetadataCatalog.get(name)
-            if metadata.get("thing_dataset_id_to_contiguous_id") is None and name in DatasetCatalog.list():
-                # COCO-style datasets learn their category ids (COCO person: 1) when loaded.
-                DatasetCatalog.get(name)
+            if name in DatasetCatalog.list():
+                ensure_dataset_ready(name)  # COCO-style datasets learn category ids on load
             if metadata.get("thing_classes") and metadata.get("keypoint_names"):
                 return LabelSpace.from_metadata(metadata, f"{key} {name!r}")
             tried.append(name)

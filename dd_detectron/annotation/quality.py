@@ -7,13 +7,14 @@ import contextlib
 import io
 import json
 import logging
-import os
 from typing import Optional, Sequence
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from ..data.datasets import ensure_dataset_ready
 
 __all__ = ["label_quality"]
 
@@ -39,8 +40,8 @@ def label_quality(json_file: str, truth_dataset: str, kpt_oks_sigmas: Optional[S
     truth_json = MetadataCatalog.get(truth_dataset).get("json_file")
     if truth_json is None:
         raise ValueError(f"Label quality: dataset {truth_dataset!r} has no json_file in its metadata.")
-    if not os.path.exists(truth_json):
-        DatasetCatalog.get(truth_dataset)  # datasets made on first use write their file when loaded
+    # The truth file is read here, by pycocotools: its category id map is not needed.
+    ensure_dataset_ready(truth_dataset, category_ids=False)
     with open(json_file) as f:
         generated = json.load(f)
     image_ids = [image["id"] for image in generated["images"]]

@@ -1,6 +1,17 @@
-# Importing datasets registers the builtin datasets (see datasets/__init__.py).
+# Importing datasets registers the builtin datasets (see datasets/builtin.py).
 from . import datasets  # noqa: F401
-
-# Importing generated registers the builtin generated-label datasets (dd_coco_un120_generated, ...).
-from .datasets.generated import register_generated_keypoints
+from .datasets import (
+    datasets_root,
+    ensure_dataset_ready,
+    register_generated_keypoints,
+    register_path_datasets,
+)
 from .ratio_loader import build_ratio_train_loader
+
+__all__ = [
+    "build_ratio_train_loader",
+    "datasets_root",
+    "ensure_dataset_ready",
+    "register_generated_keypoints",
+    "register_path_datasets",
+]

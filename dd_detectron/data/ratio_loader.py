@@ -19,6 +19,7 @@ from torch.utils.data.sampler import Sampler
 
 from detectron2.config import configurable
 from detectron2.data import (
+    DatasetCatalog,
     DatasetFromList,
     DatasetMapper,
     MapDataset,
@@ -28,7 +29,7 @@ from detectron2.data import (
 )
 from detectron2.utils import comm
 
-from .datasets.generated import check_keypoint_length, resolve_generated_datasets
+from .datasets.generated import check_keypoint_length
 
 __all__ = [
     "SOURCE_KEY",
@@ -239,6 +240,22 @@ def _split_workers(num_workers: int, counts: Sequence[int]) -> List[int]:
     return workers
 
 
+def _generated_names(cfg) -> Tuple[str, ...]:
+    """DD.STUDENT.GENERATED_DATASETS, checked to be registered names."""
+    names = tuple(cfg.DD.STUDENT.GENERATED_DATASETS)
+    if len(names) == 0:
+        raise ValueError("DD.STUDENT.GENERATED_DATASETS is empty: a student needs generated data.")
+    registered = set(DatasetCatalog.list())
+    for name in names:
+        if name not in registered:
+            raise KeyError(
+                f"DD.STUDENT.GENERATED_DATASETS: {name!r} is not a registered dataset. Paths "
+                "(.json files, folder:<path>) are registered by "
+                "dd_detectron.data.register_path_datasets(cfg), which the tools' setup calls."
+            )
+    return names
+
+
 def _ratio_loader_from_config(cfg, mapper=None, *, labeled_dataset=None, generated_dataset=None):
     # Fail on a bad fraction before any dataset is read.
     RatioPlan(cfg.SOLVER.IMS_PER_BATCH, cfg.DD.STUDENT.LABELED_FRACTION, comm.get_world_size())
@@ -254,7 +271,7 @@ def _ratio_loader_from_config(cfg, mapper=None, *, labeled_dataset=None, generat
             cfg.DATASETS.TRAIN, filter_empty=filter_empty, min_keypoints=min_keypoints
         )
     if generated_dataset is None:
-        names = resolve_generated_datasets(cfg.DD.STUDENT.GENERATED_DATASETS)
+        names = _generated_names(cfg)
         try:
             generated_dataset = get_detection_dataset_dicts(
                 names, filter_empty=filter_empty, min_keypoints=min_keypoints
@@ -298,8 +315,8 @@ def build_ratio_train_loader(
     """Build the student's train loader over labeled + generated data.
 
     Called with a config, like detectron2's ``build_detection_train_loader(cfg)``: labeled =
-    ``DATASETS.TRAIN``, generated = ``DD.STUDENT.GENERATED_DATASETS`` (registered names or
-    .json paths), both filtered as detectron2 filters training data, mapper =
+    ``DATASETS.TRAIN``, generated = ``DD.STUDENT.GENERATED_DATASETS`` (registered names; .json
+    paths are registered by ``register_path_datasets(cfg)``), both filtered as detectron2 filters training data, mapper =
     ``DatasetMapper(cfg, is_train=True)`` (keypoint flip indices from DATASETS.TRAIN), B =
     ``SOLVER.IMS_PER_BATCH``, f = ``DD.STUDENT.LABELED_FRACTION``; keyword arguments override.
 

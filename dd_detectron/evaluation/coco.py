@@ -1,10 +1,10 @@
 """COCO box + keypoint evaluation that works with and without detectron2's compiled ops."""
 import importlib.machinery
 import importlib.util
-import os
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
+
+from ..data.datasets import ensure_dataset_ready
 
 __all__ = ["build_keypoint_evaluator", "fast_coco_eval_available"]
 
@@ -32,11 +32,8 @@ def build_keypoint_evaluator(cfg, dataset_name: str, output_dir: str = None) -> 
     Returns:
         a detectron2 COCOEvaluator using the compiled evaluator only where it exists.
     """
-    metadata = MetadataCatalog.get(dataset_name)
-    json_file = getattr(metadata, "json_file", None)
-    if json_file is not None and not os.path.exists(json_file):
-        # Datasets made on first use (the embedded synthetic ones) write their JSON when loaded.
-        DatasetCatalog.get(dataset_name)
+    # COCOEvaluator reads the dataset's JSON file and its category id map.
+    ensure_dataset_ready(dataset_name)
     return COCOEvaluator(
         dataset_name,
         tasks=("bbox", "keypoints"),

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+from ..data.datasets import datasets_root
 from ..utils import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class StageRunner:
                 "args": stage.args,
                 "configs": config_files_digest(stage.config_files),
                 "inputs": [self.fingerprints[d] for d in stage.depends_on],
-                "datasets_root": os.path.abspath(os.environ.get("DETECTRON2_DATASETS", "datasets")),
+                "datasets_root": os.path.abspath(datasets_root()),
             },
             sort_keys=True,
         )

@@ -1,26 +1,32 @@
-# Importing this package registers the builtin datasets: the embedded synthetic_kp_* splits and
-# their tiny synthetic_kp_tiny_* copies, made on first use under $DETECTRON2_DATASETS (default
-# "datasets").
-from .synthetic import (  # noqa: F401
-    SYNTHETIC_SPLITS,
-    TINY_SYNTHETIC_SPLITS,
-    ensure_synthetic_split,
-    register_synthetic_keypoints,
-)
-
-register_synthetic_keypoints(splits=SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS)
-
-# Importing these registers the paper's unlabeled COCO splits that detectron2 lacks
-# (coco_2017_unlabeled = un-120, coco_2014_train_unlabeled = co-80 without labels) and the
-# builtin image folders (sports1m_frames, and dd_sports1m_frames_generated for the labels the
-# annotation stage makes of it), all under $DETECTRON2_DATASETS. Dataset names
-# "folder:<path>" are registered when a config names them (see image_folder.py).
-from .coco import register_coco_unlabeled  # noqa: E402
-from .image_folder import (  # noqa: E402,F401
+# Importing builtin registers every builtin dataset (the synthetic_kp_* splits, the unlabeled COCO
+# splits detectron2 lacks, sports1m_frames and the dd_*_generated labels) under
+# $DETECTRON2_DATASETS, from the family tables; see builtin.py. Dataset names that are paths are
+# registered by register_path_datasets(cfg), which the tools' setup calls.
+from . import builtin  # noqa: F401
+from .builtin import datasets_root, register_all_builtin
+from .catalog import FOLDER_PREFIX, ensure_dataset_ready, register_path_datasets
+from .coco import PAPER_SPLITS, register_coco_unlabeled
+from .generated import BUILTIN_GENERATED, register_builtin_generated, register_generated_keypoints
+from .image_folder import (
+    BUILTIN_IMAGE_FOLDERS,
     register_builtin_image_folders,
-    register_folder_datasets_in_cfg,
     register_image_folder,
 )
+from .synthetic import register_synthetic_keypoints
 
-register_coco_unlabeled()
-register_builtin_image_folders()
+__all__ = [
+    "datasets_root",
+    "register_all_builtin",
+    "register_path_datasets",
+    "ensure_dataset_ready",
+    "FOLDER_PREFIX",
+    "PAPER_SPLITS",
+    "register_coco_unlabeled",
+    "BUILTIN_GENERATED",
+    "register_generated_keypoints",
+    "register_builtin_generated",
+    "BUILTIN_IMAGE_FOLDERS",
+    "register_image_folder",
+    "register_builtin_image_folders",
+    "register_synthetic_keypoints",
+]

@@ -177,20 +177,17 @@ def _missing_hint(split: CocoSplit) -> str:
     return f" It is in COCO's {split.download[-1]} (see datasets/README.md)."
 
 
-def register_coco_unlabeled(root: Optional[str] = None, splits: Optional[Sequence[CocoSplit]] = None) -> List[str]:
+def register_coco_unlabeled(root: str, splits: Optional[Sequence[CocoSplit]] = None) -> List[str]:
     """Registers the unlabeled COCO splits detectron2 lacks (nothing is read until loaded).
 
     Args:
-        root: datasets root; None reads $DETECTRON2_DATASETS (default "datasets"), as
-            detectron2's builtin datasets do.
+        root: datasets root ($DETECTRON2_DATASETS, see builtin.py).
         splits: the splits to register; None registers those of PAPER_SPLITS registered by
             DD_DETECTRON.
 
     Returns:
         the dataset names registered by this call (a name registered before is left alone).
     """
-    if root is None:
-        root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     if splits is None:
         splits = [s for s in PAPER_SPLITS if s.registered_by == DD_DETECTRON]
     names = []

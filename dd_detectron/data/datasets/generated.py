@@ -10,11 +10,11 @@ directory, as in the dataset that was annotated.
 
 Three ways to name generated data in ``DD.STUDENT.GENERATED_DATASETS``:
 
-- the builtin names of ``_BUILTIN_GENERATED`` below, whose files lie under
-  ``$DETECTRON2_DATASETS/dd_generated/`` (registered when this module is imported);
+- the builtin names of ``BUILTIN_GENERATED`` below, whose files lie under
+  ``$DETECTRON2_DATASETS/dd_generated/`` (registered by builtin.py);
 - any name registered with :func:`register_generated_keypoints`;
-- a path ending in ``.json``: registered on first use under the name ``dd_generated:<abs path>``
-  (see :func:`resolve_generated_datasets`).
+- a path ending in ``.json``: registered under exactly that name by
+  ``register_path_datasets(cfg)`` (catalog.py), which the tools' setup calls.
 
 Files are read lazily (when the dataset is loaded) and checked then: the error names the file.
 """
@@ -25,22 +25,21 @@ from typing import List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.utils.file_io import PathManager
 
 __all__ = [
+    "GeneratedSplit",
+    "BUILTIN_GENERATED",
     "register_generated_keypoints",
+    "register_builtin_generated",
     "load_generated_keypoints",
-    "resolve_generated_datasets",
     "check_keypoint_length",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Prefix of the names under which .json path entries of DD.STUDENT.GENERATED_DATASETS are
-# registered.
-PATH_ENTRY_PREFIX = "dd_generated:"
-
-# Keypoint metadata a generated dataset copies from the dataset it shares its skeleton with.
+# Keypoint metadata a builtin generated dataset copies from COCO's person category.
 _KEYPOINT_METADATA_KEYS = ("keypoint_names", "keypoint_flip_map", "keypoint_connection_rules")
 
 
@@ -51,21 +50,28 @@ class GeneratedSplit:
     Attributes:
         name: registered name.
         json_file: path of the generated JSON, relative to $DETECTRON2_DATASETS.
-        keypoint_metadata_from: registered dataset whose keypoint names / flip map it shares,
-            or None.
+        coco_person_keypoints: the labels are of COCO's 17 person keypoints, so the dataset gets
+            COCO's keypoint names, flip map and connection rules, as detectron2's
+            keypoints_coco_* datasets have (a student mixes the two).
     """
 
     name: str
     json_file: str
-    keypoint_metadata_from: Optional[str] = None
+    coco_person_keypoints: bool = False
 
 
-# Write (or link) the annotation stage's output to these paths to use the builtin names.
-_BUILTIN_GENERATED = (
+# The one table of builtin generated-label names. Write (or link) the annotation stage's output
+# to these paths to use them.
+BUILTIN_GENERATED: Tuple[GeneratedSplit, ...] = (
     # un-120: COCO 2017 unlabeled images, labeled by a teacher trained on co-115.
-    GeneratedSplit("dd_coco_un120_generated", "dd_generated/coco_un120_keypoints.json", "keypoints_coco_2017_train"),
+    GeneratedSplit("dd_coco_un120_generated", "dd_generated/coco_un120_keypoints.json", True),
     # co-80: COCO 2014 train images, labeled by a teacher trained on co-35.
-    GeneratedSplit("dd_coco_co80_generated", "dd_generated/coco_co80_keypoints.json", "keypoints_coco_2014_train"),
+    GeneratedSplit("dd_coco_co80_generated", "dd_generated/coco_co80_keypoints.json", True),
+    # s1m-180: the builtin image folder sports1m_frames (image_folder.py), labeled by a teacher
+    # trained on co-115.
+    GeneratedSplit(
+        "dd_sports1m_frames_generated", "dd_generated/sports1m_frames_keypoints.json", True
+    ),
     # The embedded synthetic unlabeled split, labeled by the synthetic teacher.
     GeneratedSplit("dd_synthetic_kp_generated", "dd_generated/synthetic_kp_keypoints.json"),
 )
@@ -158,56 +164,24 @@ def register_generated_keypoints(
     )
 
 
-def resolve_generated_datasets(entries: Sequence[str]) -> Tuple[str, ...]:
-    """Turn DD.STUDENT.GENERATED_DATASETS into registered names, registering .json paths.
+def register_builtin_generated(
+    root: str, splits: Sequence[GeneratedSplit] = BUILTIN_GENERATED
+) -> List[str]:
+    """Registers builtin generated-label datasets (nothing is read now).
 
     Args:
-        entries: registered dataset names, or paths ending in ".json".
+        root: the datasets root ($DETECTRON2_DATASETS, see builtin.py).
+        splits: the datasets to register.
 
     Returns:
-        the registered names, in order.
+        the registered names.
     """
-    if len(entries) == 0:
-        raise ValueError("DD.STUDENT.GENERATED_DATASETS is empty: a student needs generated data.")
-    registered = set(DatasetCatalog.list())
+    coco_person = _get_builtin_metadata("coco_person")
     names = []
-    for entry in entries:
-        if entry.endswith(".json"):
-            path = os.path.abspath(entry)
-            if not PathManager.isfile(path):
-                raise FileNotFoundError(f"DD.STUDENT.GENERATED_DATASETS: the file {entry} does not exist.")
-            name = PATH_ENTRY_PREFIX + path
-            if name not in registered:
-                register_generated_keypoints(name, path)
-                registered.add(name)
-            names.append(name)
-        elif entry in registered:
-            names.append(entry)
-        else:
-            raise KeyError(
-                f"DD.STUDENT.GENERATED_DATASETS: {entry!r} is neither a registered dataset nor a "
-                "path to a .json file."
-            )
-    return tuple(names)
-
-
-def _keypoint_metadata(like: Optional[str]) -> dict:
-    if like is None or like not in DatasetCatalog.list():
-        return {}
-    meta = MetadataCatalog.get(like)
-    return {key: meta.get(key) for key in _KEYPOINT_METADATA_KEYS if meta.get(key) is not None}
-
-
-def register_all_generated(root: str) -> None:
-    """Register the builtin generated datasets of ``_BUILTIN_GENERATED``.
-
-    Args:
-        root: the datasets directory ($DETECTRON2_DATASETS).
-    """
-    for split in _BUILTIN_GENERATED:
-        register_generated_keypoints(
-            split.name, os.path.join(root, split.json_file), "", _keypoint_metadata(split.keypoint_metadata_from)
-        )
-
-
-register_all_generated(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+    for split in splits:
+        metadata = {}
+        if split.coco_person_keypoints:
+            metadata = {key: coco_person[key] for key in _KEYPOINT_METADATA_KEYS}
+        register_generated_keypoints(split.name, os.path.join(root, split.json_file), "", metadata)
+        names.append(split.name)
+    return names

@@ -26,9 +26,10 @@ Three ways to name a folder dataset:
 
 - ``register_image_folder(name, folder)`` in code;
 - ``"folder:<path>"`` in a config (DD.ANNOTATE.DATASETS): registered under exactly that name
-  by ``register_folder_datasets_in_cfg``, which tools/annotate_net.py calls; a relative path is
-  taken from the working directory, like any other path on the command line;
-- the builtin names of ``BUILTIN_IMAGE_FOLDERS`` (folders under $DETECTRON2_DATASETS).
+  by ``register_path_datasets(cfg)`` (catalog.py), which the tools' setup calls; a relative
+  path is taken from the working directory, like any other path on the command line;
+- the builtin names of ``BUILTIN_IMAGE_FOLDERS`` (folders under $DETECTRON2_DATASETS; the labels
+  the annotation stage makes of them have builtin names in generated.py's BUILTIN_GENERATED).
 
 Files are listed when the dataset is loaded, not when it is registered.
 """
@@ -45,10 +46,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from PIL import Image
 
-from .generated import register_generated_keypoints
-
 __all__ = [
-    "FOLDER_PREFIX",
     "IMAGE_EXTENSIONS",
     "ImageFolderSplit",
     "BUILTIN_IMAGE_FOLDERS",
@@ -58,14 +56,10 @@ __all__ = [
     "load_image_folder",
     "register_image_folder",
     "register_builtin_image_folders",
-    "register_folder_names",
-    "register_folder_datasets_in_cfg",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Config entries "folder:<path>" name the folder <path>.
-FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # EXIF tag 274 (0x0112), "Orientation"; detectron2's read_image applies it.
 _EXIF_ORIENTATION = 274
@@ -86,24 +80,19 @@ class ImageFolderSplit:
         name: registered name.
         folder: the folder, relative to $DETECTRON2_DATASETS.
         role: what it is for.
-        generated_name: registered name of the labels the annotation stage makes for it (a
-            student's DD.STUDENT.GENERATED_DATASETS), as generated.py's builtin names.
-        generated_json: that file, relative to $DETECTRON2_DATASETS.
     """
 
     paper_name: str
     name: str
     folder: str
     role: str
-    generated_name: str
-    generated_json: str
 
 
 BUILTIN_IMAGE_FOLDERS: Tuple[ImageFolderSplit, ...] = (
     # The paper's s1m-180: 180k frames of Sports-1M videos (the paper does not publish which:
     # extract your own, see datasets/README.md).
-    ImageFolderSplit("s1m-180", "sports1m_frames", "sports1m_frames", "unlabeled, shifted distribution",
-                     "dd_sports1m_frames_generated", "dd_generated/sports1m_frames_keypoints.json"),
+    ImageFolderSplit("s1m-180", "sports1m_frames", "sports1m_frames",
+                     "unlabeled, shifted distribution"),
 )
 
 
@@ -256,81 +245,17 @@ def register_image_folder(name: str, folder: str, metadata: Optional[dict] = Non
 
 
 def register_builtin_image_folders(
-    root: Optional[str] = None, splits: Optional[Sequence[ImageFolderSplit]] = None
+    root: str, splits: Sequence[ImageFolderSplit] = BUILTIN_IMAGE_FOLDERS
 ) -> List[str]:
-    """Registers the folder datasets of BUILTIN_IMAGE_FOLDERS and the names of their generated
-    labels (nothing is read now).
+    """Registers builtin folder datasets (nothing is read now).
 
     Args:
-        root: datasets root; None reads $DETECTRON2_DATASETS (default "datasets").
-        splits: the folders to register; None registers BUILTIN_IMAGE_FOLDERS.
+        root: datasets root ($DETECTRON2_DATASETS, see builtin.py).
+        splits: the folders to register.
 
     Returns:
         the registered dataset names.
     """
-    if root is None:
-        root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-    names = []
-    for split in BUILTIN_IMAGE_FOLDERS if splits is None else splits:
+    for split in splits:
         register_image_folder(split.name, os.path.join(root, split.folder))
-        # Same keypoint metadata as COCO's keypoint datasets: a student mixes the two.
-        coco_person = _get_builtin_metadata("coco_person")
-        register_generated_keypoints(
-            split.generated_name, os.path.join(root, split.generated_json), "",
-            {k: coco_person[k] for k in ("keypoint_names", "keypoint_flip_map", "keypoint_connection_rules")},
-        )
-        names += [split.name, split.generated_name]
-    return names
-
-
-def register_folder_names(names: Sequence[str], key: str = "dataset names") -> List[str]:
-    """Registers the ``"folder:<path>"`` entries of a list of dataset names.
-
-    Args:
-        names: dataset names; entries starting with FOLDER_PREFIX that are not registered yet
-            are registered under exactly that name, the others are left alone.
-        key: the config key the names come from, named in errors.
-
-    Returns:
-        the names registered by this call.
-
-    Raises:
-        FileNotFoundError: a ``folder:`` entry names no folder.
-    """
-    registered = set(DatasetCatalog.list())
-    new = []
-    for name in names:
-        if not name.startswith(FOLDER_PREFIX) or name in registered:
-            continue
-        folder = os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{key}: {name!r} names the folder {folder}, which does not exist.")
-        register_image_folder(name, folder)
-        registered.add(name)
-        new.append(name)
-    return new
-
-
-def register_folder_datasets_in_cfg(cfg) -> List[str]:
-    """Registers every ``"folder:<path>"`` dataset a config names.
-
-    Reads DD.ANNOTATE.DATASETS (where folder datasets belong: they have no labels), and also
-    DATASETS.TRAIN and DATASETS.TEST, so that a misplaced entry fails with the loader's message
-    rather than as an unknown name.
-
-    Args:
-        cfg: a config with add_dd_config's keys.
-
-    Returns:
-        the names registered by this call.
-    """
-    new = []
-    for key, names in (
-        ("DD.ANNOTATE.DATASETS", cfg.DD.ANNOTATE.DATASETS),
-        ("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
-        ("DATASETS.TEST", cfg.DATASETS.TEST),
-    ):
-        new += register_folder_names(names, key)
-    if new:
-        logger.info("Registered folder datasets: %s", new)
-    return new
+    return [split.name for split in splits]

@@ -1,14 +1,11 @@
-"""Drawing one synthetic image of human-like figures with true COCO person keypoints.
+"""One human-like figure with true COCO person keypoints: pose, appearance, drawable parts.
 
 A figure is a small 3D skeleton (body yaw, torso lean, per-joint angles) projected
-orthographically, then drawn as thick capsules (limbs), a convex torso and a head with a face.
+orthographically, then laid out as thick capsules (limbs), a convex torso and a head with a face.
 Left limbs and right limbs are drawn in different colour families and carry asymmetrical marks
 (a light band on the left wrist, a dark patch on the right knee), and the face (eyes, nose,
 mouth, hair) shows which way the head points, so left and right can be told apart in the image.
-
-Everything is drawn back to front together with distractor shapes into the image and into an
-id map (which figure part, or which distractor, owns every pixel). Visibility and areas are read
-from that id map, so they are exact for what was drawn.
+scene.py draws figures and decides which keypoints are seen.
 
 Coordinates: "continuous" image coordinates as in detectron2, pixel (i, j) covers
 [i, i+1) x [j, j+1) and its centre is at (i + 0.5, j + 0.5). OpenCV drawing and COCO JSON
@@ -23,22 +20,18 @@ import cv2
 import numpy as np
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_NAMES
 
+from .render_config import LR_COLOR_MODES, POSE_TYPES, YAW_CLASSES, RenderConfig
+
 __all__ = [
-    "RenderConfig",
     "Pose",
     "Appearance",
     "Part",
     "Figure",
-    "Distractor",
     "NUM_KEYPOINTS",
     "sample_pose",
     "sample_appearance",
     "build_figure",
     "sample_figure",
-    "sample_distractor",
-    "make_background",
-    "render_scene",
-    "render_image",
 ]
 
 Color = Tuple[int, int, int]  # BGR, as OpenCV draws
@@ -46,13 +39,12 @@ Color = Tuple[int, int, int]  # BGR, as OpenCV draws
 NUM_KEYPOINTS = len(COCO_PERSON_KEYPOINT_NAMES)
 _KP_INDEX = {name: i for i, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
 
-# Part ids inside one figure. The id map stores 1 + figure_slot * _PARTS_PER_FIGURE + part id
-# (0 = background, _DISTRACTOR_ID = any distractor), so one uint16 map holds 4000+ figures.
+# Part ids inside one figure. scene.py's id map stores 1 + figure_slot * _PARTS_PER_FIGURE +
+# part id (0 = background, 0xFFFF = any distractor), so one uint16 map holds 4000+ figures.
 TORSO, HEAD, L_UPPER_ARM, L_FOREARM, R_UPPER_ARM, R_FOREARM, L_THIGH, L_SHIN, R_THIGH, R_SHIN = (
     range(10)
 )
 _PARTS_PER_FIGURE = 16
-_DISTRACTOR_ID = 0xFFFF
 
 # A keypoint counts as seen (v = 2) when the pixel under it shows one of these parts of its own
 # figure; anything else in front (another figure, a distractor, or the figure's own arm or
@@ -79,98 +71,6 @@ _KEYPOINT_PARTS = {
 _ALLOWED_PARTS = np.zeros((NUM_KEYPOINTS, _PARTS_PER_FIGURE), dtype=bool)
 for _name, _parts in _KEYPOINT_PARTS.items():
     _ALLOWED_PARTS[_KP_INDEX[_name], list(_parts)] = True
-
-POSE_TYPES = ("standing", "walking", "gesturing", "crouching", "sitting", "one_leg", "random")
-YAW_CLASSES = ("front", "three_quarter", "profile", "back")
-DISTRACTOR_KINDS = ("blob", "stick", "limb", "disc")
-BACKGROUND_STYLES = ("clutter", "field", "plain")
-LR_COLOR_MODES = ("fixed", "per_person", "none")
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """Every knob of the image generator; defaults are those of the labeled split.
-
-    Difficulty mostly comes from ``person_height_mix`` (small people are hard),
-    ``num_distractors`` / ``distractor_kinds`` (limb-like false positives), ``occluder_*``
-    (occluded keypoints), ``noise_sigma`` and ``motion_blur`` (appearance), and ``pose_weights``
-    / ``max_tilt_deg`` (pose variety).
-    """
-
-    # Image width and height are drawn independently and uniformly from these closed ranges.
-    width_range: Tuple[int, int] = (160, 256)
-    height_range: Tuple[int, int] = (160, 256)
-    # One of BACKGROUND_STYLES: "clutter" (gradients, noise, textures, lines), "field" (a
-    # sports ground with court lines and a crowd band), "plain" (one colour, for debugging).
-    background: str = "clutter"
-    # P(number of people in an image = i) for i = 0 .. len - 1 (normalised here).
-    num_people_weights: Tuple[float, ...] = (0.05, 0.3, 0.3, 0.17, 0.11, 0.07)
-    # Standing body height in pixels (top of head to ankles): a mixture of log-uniform ranges,
-    # (weight, min_px, max_px). Silhouette area is about 0.1-0.15 * height^2, so heights below
-    # ~90 px give COCO "small" people (< 32^2 px), above ~280 px "large" ones (> 96^2 px), which
-    # on these small images means close-ups truncated by the border.
-    person_height_mix: Tuple[Tuple[float, float, float], ...] = (
-        (0.25, 28.0, 90.0),
-        (0.55, 90.0, 220.0),
-        (0.20, 220.0, 360.0),
-    )
-    # (pose type, weight) over POSE_TYPES.
-    pose_weights: Tuple[Tuple[str, float], ...] = (
-        ("standing", 0.28),
-        ("walking", 0.2),
-        ("gesturing", 0.16),
-        ("crouching", 0.1),
-        ("sitting", 0.1),
-        ("one_leg", 0.08),
-        ("random", 0.08),
-    )
-    # (yaw class, weight) over YAW_CLASSES: front |yaw| < 30, three-quarter 30..65,
-    # profile 65..115, back 145..215 degrees (0 faces the camera).
-    yaw_weights: Tuple[Tuple[str, float], ...] = (
-        ("front", 0.45),
-        ("three_quarter", 0.25),
-        ("profile", 0.15),
-        ("back", 0.15),
-    )
-    # In-plane rotation of a whole figure, uniform in +-max_tilt_deg ("random" poses: 3x).
-    max_tilt_deg: float = 10.0
-    # How far (fraction of the figure's box) a figure may stick out of the image.
-    truncation: float = 0.3
-    # Probability that a figure is placed next to the previous one (mutual occlusion).
-    cluster_prob: float = 0.35
-    # Closed range of the number of distractor shapes per image.
-    num_distractors: Tuple[int, int] = (2, 7)
-    # (kind, weight) over DISTRACTOR_KINDS; "limb" are jointed sticks in limb colours.
-    distractor_kinds: Tuple[Tuple[str, float], ...] = (
-        ("blob", 0.3),
-        ("stick", 0.2),
-        ("limb", 0.35),
-        ("disc", 0.15),
-    )
-    # Probability that a distractor is drawn in front of every figure, and that it is centred
-    # on a random keypoint of a random figure (so it actually hides something).
-    occluder_front_prob: float = 0.35
-    occluder_on_person_prob: float = 0.5
-    # One of LR_COLOR_MODES. "fixed": left limbs warm (red/orange/yellow) and right limbs cool
-    # (blue/cyan), band on the left wrist; appearance alone says which side is which, as a
-    # horizontally flipped image then shows warm limbs labeled right. "per_person": the two
-    # families (and marks) swap sides at random per figure, so only the face and body geometry
-    # tell left from right (flip-symmetric like real people). "none": both sides alike.
-    lr_color_mode: str = "per_person"
-    # If True, the shirts of an image come from two "team" colours (sports scenes).
-    team_colors: bool = False
-    # Photometrics: per-pixel Gaussian noise (std, grey levels), horizontal motion blur length
-    # range in px (0 = none), and global contrast / brightness jitter.
-    noise_sigma: float = 6.0
-    motion_blur: Tuple[int, int] = (0, 0)
-    contrast_range: Tuple[float, float] = (0.8, 1.2)
-    brightness_range: Tuple[float, float] = (-20.0, 20.0)
-    # People whose visible silhouette has fewer pixels are drawn but not annotated.
-    min_visible_area: int = 16
-    # People whose visible silhouette is smaller (COCO's "small", < 32^2 px) keep their box but
-    # carry no keypoints (all v = 0, num_keypoints 0): COCO reports keypoint AP for medium and
-    # large people only, and a 17-point skeleton inside a box a few pixels wide is noise.
-    min_keypoint_area: int = 32 * 32
 
 
 @dataclass(frozen=True)
@@ -258,14 +158,6 @@ class Figure:
     def bounds(self) -> Tuple[float, float, float, float]:
         """Returns (x0, y0, x1, y1), the box of everything drawn for this figure."""
         return _parts_bounds(self.parts)
-
-
-@dataclass
-class Distractor:
-    """A non-person shape: primitives and a scene depth (larger is farther)."""
-
-    parts: List[Part]
-    depth: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,372 +604,3 @@ def sample_figure(
         cx = (nx0 + nx1) / 2.0 + rng.normal(0.0, 0.3 * (bw + nx1 - nx0) / 2.0)
         cy = (ny0 + ny1) / 2.0 + rng.normal(0.0, 0.15 * (bh + ny1 - ny0) / 2.0)
     return fig.translated(cx - (x0 + x1) / 2.0, cy - (y0 + y1) / 2.0)
-
-
-def sample_distractor(
-    rng: np.random.Generator,
-    cfg: RenderConfig,
-    width: int,
-    height: int,
-    figures: Sequence[Figure] = (),
-) -> Distractor:
-    """Samples one non-person shape (blob, stick, limb-like chain or disc).
-
-    Args:
-        rng: random generator.
-        cfg: supplies distractor_kinds and the occluder probabilities.
-        width, height: image size.
-        figures: figures already placed (a distractor may be centred on one of their joints).
-
-    Returns:
-        a Distractor.
-    """
-    kind = _weighted_choice(rng, cfg.distractor_kinds)
-    s = float(min(width, height))
-    center = np.array([rng.uniform(0, width), rng.uniform(0, height)])
-    if figures and rng.random() < cfg.occluder_on_person_prob:
-        fig = figures[int(rng.integers(len(figures)))]
-        center = fig.keypoints[int(rng.integers(NUM_KEYPOINTS))] + rng.normal(0.0, 0.03 * s, 2)
-    if rng.random() < cfg.occluder_front_prob:
-        depth = -1e6  # in front of every figure
-    else:
-        far = min([f.depth for f in figures], default=-100.0)
-        depth = float(rng.uniform(1.3 * far, 0.0))
-    parts: List[Part] = []
-    if kind == "blob":
-        n = int(rng.integers(5, 10))
-        ang = np.sort(rng.uniform(0, 2 * math.pi, n))
-        rx, ry = rng.uniform(0.03, 0.15, 2) * s
-        radii = rng.uniform(0.7, 1.0, (n, 1))
-        pts = center + np.stack([rx * np.cos(ang), ry * np.sin(ang)], 1) * radii
-        hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
-        parts.append(Part(0, "polygon", hull, 0.0, _random_color(rng), 0.0))
-    elif kind == "stick":
-        a = rng.uniform(0, math.pi)
-        half = rng.uniform(0.05, 0.25) * s * np.array([math.cos(a), math.sin(a)])
-        parts.append(Part(0, "capsule", np.stack([center - half, center + half]),
-                          max(1.0, rng.uniform(0.005, 0.04) * s), _random_color(rng), 0.0))
-    elif kind == "limb":
-        thick = max(1.0, rng.uniform(0.02, 0.06) * s)
-        hue = rng.uniform(-20, 45) if rng.random() < 0.5 else rng.uniform(175, 245)
-        a = rng.uniform(0, 2 * math.pi)
-        p = center
-        for j in range(int(rng.integers(2, 4))):
-            length = rng.uniform(0.07, 0.2) * s
-            q = p + length * np.array([math.cos(a), math.sin(a)])
-            color = _family_color(rng, hue) if rng.random() < 0.7 else _random_color(rng)
-            parts.append(Part(0, "capsule", np.stack([p, q]), thick, color, float(j)))
-            p = q
-            a += rng.uniform(20, 120) * math.pi / 180.0 * (1 if rng.random() < 0.5 else -1)
-        if rng.random() < 0.5:
-            tone = _SKIN_TONES[int(rng.integers(len(_SKIN_TONES)))]
-            parts.append(Part(0, "circle", p[None], thick * 0.6, tone, 10.0))
-    elif kind == "disc":  # head-like
-        if rng.random() < 0.6:
-            tone = _SKIN_TONES[int(rng.integers(len(_SKIN_TONES)))]
-        else:
-            tone = _random_color(rng)
-        parts.append(Part(0, "circle", center[None], rng.uniform(0.015, 0.06) * s, tone, 0.0))
-    else:
-        raise ValueError(f"Unknown distractor kind {kind!r}; expected one of {DISTRACTOR_KINDS}")
-    return Distractor(parts, depth)
-
-
-# ---------------------------------------------------------------------------------------------
-# Backgrounds
-# ---------------------------------------------------------------------------------------------
-
-
-def _low_freq_noise(rng: np.random.Generator, width: int, height: int, amp: float) -> np.ndarray:
-    gh, gw = int(rng.integers(2, 7)), int(rng.integers(2, 7))
-    grid = rng.uniform(-amp, amp, (gh, gw, 3)).astype(np.float32)
-    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-def _gradient(
-    rng: np.random.Generator, width: int, height: int, c0: Color, c1: Color
-) -> np.ndarray:
-    a = rng.uniform(0, 2 * math.pi)
-    xs = np.arange(width, dtype=np.float32)[None, :] / max(width - 1, 1)
-    ys = np.arange(height, dtype=np.float32)[:, None] / max(height - 1, 1)
-    t = xs * math.cos(a) + ys * math.sin(a)
-    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    c0a, c1a = np.asarray(c0, np.float32), np.asarray(c1, np.float32)
-    return c0a + t[..., None] * (c1a - c0a)
-
-
-def _random_lines(rng: np.random.Generator, img: np.ndarray, n: int, max_thick: int) -> None:
-    h, w = img.shape[:2]
-    for _ in range(n):
-        p = (int(rng.integers(-w // 4, w + w // 4)), int(rng.integers(-h // 4, h + h // 4)))
-        q = (int(rng.integers(-w // 4, w + w // 4)), int(rng.integers(-h // 4, h + h // 4)))
-        cv2.line(img, p, q, _random_color(rng), int(rng.integers(1, max_thick + 1)), cv2.LINE_AA)
-
-
-def make_background(rng: np.random.Generator, style: str, width: int, height: int) -> np.ndarray:
-    """Draws a background.
-
-    Args:
-        rng: random generator.
-        style: one of BACKGROUND_STYLES.
-        width, height: image size.
-
-    Returns:
-        (height, width, 3) uint8 BGR image.
-    """
-    if style == "plain":
-        return np.full((height, width, 3), _random_color(rng), dtype=np.uint8)
-    if style == "clutter":
-        img = _gradient(rng, width, height, _random_color(rng), _random_color(rng))
-        img += _low_freq_noise(rng, width, height, rng.uniform(15, 60))
-        img = np.clip(img, 0, 255).astype(np.uint8)
-        if rng.random() < 0.6:  # a patch of stripes or checks
-            x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-            x1, y1 = x0 + int(rng.integers(20, width)), y0 + int(rng.integers(20, height))
-            period = int(rng.integers(3, 12))
-            yy, xx = np.mgrid[y0:min(y1, height), x0:min(x1, width)]
-            if rng.random() < 0.5:
-                mask = ((xx + yy) // period) % 2 == 0
-            else:
-                mask = ((xx // period) + (yy // period)) % 2 == 0
-            img[y0:min(y1, height), x0:min(x1, width)][mask] = _random_color(rng)
-        for _ in range(int(rng.integers(0, 5))):  # faint rectangles and ellipses
-            c = tuple(int(v) for v in rng.integers(0, 256, 3))
-            p = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-            ax = (int(rng.integers(5, width // 3)), int(rng.integers(5, height // 3)))
-            if rng.random() < 0.5:
-                cv2.rectangle(img, p, (p[0] + ax[0], p[1] + ax[1]), c, -1)
-            else:
-                cv2.ellipse(img, p, ax, float(rng.uniform(0, 180)), 0, 360, c, -1, cv2.LINE_AA)
-        _random_lines(rng, img, int(rng.integers(3, 16)), 3)
-        return img
-    if style == "field":
-        ground = [
-            _hsv(rng.uniform(85, 140), rng.uniform(0.4, 0.8), rng.uniform(0.35, 0.7)),  # grass
-            _hsv(rng.uniform(15, 30), rng.uniform(0.5, 0.8), rng.uniform(0.5, 0.8)),  # clay
-            _hsv(rng.uniform(200, 230), rng.uniform(0.4, 0.7), rng.uniform(0.4, 0.7)),  # court
-            _hsv(rng.uniform(28, 40), rng.uniform(0.35, 0.6), rng.uniform(0.6, 0.9)),  # wood
-        ][int(rng.integers(4))]
-        img = np.empty((height, width, 3), np.float32)
-        img[:] = ground
-        if rng.random() < 0.5:  # mowing stripes
-            period = int(rng.integers(12, 40))
-            band = ((np.arange(width) // period) % 2).astype(np.float32) * rng.uniform(8, 20)
-            img += band[None, :, None]
-        img += _low_freq_noise(rng, width, height, rng.uniform(5, 20))
-        img = np.clip(img, 0, 255).astype(np.uint8)
-        for _ in range(int(rng.integers(2, 6))):  # court lines, near horizontal or vertical
-            if rng.random() < 0.5:
-                y = int(rng.integers(0, height))
-                p, q = (0, y), (width - 1, y + int(rng.integers(-height // 4, height // 4)))
-            else:
-                x = int(rng.integers(0, width))
-                p, q = (x, 0), (x + int(rng.integers(-width // 3, width // 3)), height - 1)
-            cv2.line(img, p, q, (235, 240, 240), int(rng.integers(1, 4)), cv2.LINE_AA)
-        if rng.random() < 0.4:
-            c = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-            cv2.circle(img, c, int(rng.integers(10, max(width, height) // 2)), (235, 240, 240), 2,
-                       cv2.LINE_AA)
-        if rng.random() < 0.7:  # crowd in the stands: coarse random colour blocks on top
-            band_h = int(rng.uniform(0.1, 0.3) * height)
-            cell = int(rng.integers(2, 5))
-            crowd = rng.integers(0, 256, (max(1, band_h // cell), max(1, width // cell), 3))
-            crowd = cv2.resize(crowd.astype(np.uint8), (width, band_h),
-                               interpolation=cv2.INTER_NEAREST)
-            if band_h > 0:
-                img[:band_h] = (crowd.astype(np.float32) * 0.7).astype(np.uint8)
-        return img
-    raise ValueError(f"Unknown background style {style!r}; expected one of {BACKGROUND_STYLES}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering and annotation
-# ---------------------------------------------------------------------------------------------
-
-_SHIFT = 4  # OpenCV sub-pixel bits
-_ONE = 1 << _SHIFT
-
-
-def _fixed(points: np.ndarray) -> np.ndarray:
-    # continuous -> OpenCV pixel-index coordinates (-0.5), in 1/16 px fixed point
-    return np.round((points - 0.5) * _ONE).astype(np.int32)
-
-
-def _draw_part(img: np.ndarray, ids: np.ndarray, part: Part, id_value: int) -> None:
-    # Anti-aliased in the image, hard-edged in the id map (ids must not blend).
-    if part.kind == "capsule":
-        p = _fixed(part.points)
-        a, b = (int(p[0, 0]), int(p[0, 1])), (int(p[1, 0]), int(p[1, 1]))
-        t = max(1, int(round(part.size)))
-        cv2.line(img, a, b, part.color, t, cv2.LINE_AA, _SHIFT)
-        cv2.line(ids, a, b, id_value, t, cv2.LINE_8, _SHIFT)
-    elif part.kind == "circle":
-        p = _fixed(part.points)[0]
-        c = (int(p[0]), int(p[1]))
-        rad = max(int(round(part.size * _ONE)), _ONE // 2)
-        cv2.circle(img, c, rad, part.color, -1, cv2.LINE_AA, _SHIFT)
-        cv2.circle(ids, c, rad, id_value, -1, cv2.LINE_8, _SHIFT)
-    elif part.kind == "polygon":
-        p = _fixed(part.points)
-        cv2.fillConvexPoly(img, p, part.color, cv2.LINE_AA, _SHIFT)
-        cv2.fillConvexPoly(ids, p, id_value, cv2.LINE_8, _SHIFT)
-    else:
-        raise ValueError(f"Unknown part kind {part.kind!r}")
-
-
-def render_scene(
-    background: np.ndarray,
-    figures: Sequence[Figure],
-    distractors: Sequence[Distractor] = (),
-    min_visible_area: int = 16,
-    min_keypoint_area: int = 0,
-) -> Tuple[np.ndarray, List[dict]]:
-    """Draws figures and distractors back to front and annotates the figures.
-
-    Args:
-        background: (H, W, 3) uint8 image; not modified.
-        figures: the people.
-        distractors: non-person shapes.
-        min_visible_area: figures with fewer visible pixels are drawn but not annotated.
-        min_keypoint_area: figures with fewer visible pixels are annotated without keypoints.
-
-    Returns:
-        (image, annotations). One annotation dict per kept figure, in figure order, with
-        "figure_index", "keypoints" (flat COCO list of 51: pixel-index x, y rounded to 2
-        decimals, and v), "num_keypoints", "bbox" (XYWH, continuous coordinates), "area"
-        (visible silhouette pixels).
-    """
-    if len(figures) * _PARTS_PER_FIGURE + 1 >= _DISTRACTOR_ID:
-        raise ValueError(f"Too many figures for one image: {len(figures)}")
-    img = background.copy()
-    H, W = img.shape[:2]
-    ids = np.zeros((H, W), dtype=np.uint16)
-    items = [(f.depth, 0, i) for i, f in enumerate(figures)]
-    items += [(d.depth, 1, i) for i, d in enumerate(distractors)]
-    # Farthest first; ties keep figures before distractors and the given order.
-    for _, is_distractor, i in sorted(items, key=lambda t: (-t[0], t[1], t[2])):
-        if is_distractor:
-            for part in sorted(distractors[i].parts, key=lambda p: p.z):
-                _draw_part(img, ids, part, _DISTRACTOR_ID)
-        else:
-            base = 1 + i * _PARTS_PER_FIGURE
-            for part in sorted(figures[i].parts, key=lambda p: p.z):
-                _draw_part(img, ids, part, base + part.part_id)
-    return img, _annotate(ids, figures, min_visible_area, min_keypoint_area)
-
-
-def _annotate(
-    ids: np.ndarray, figures: Sequence[Figure], min_visible_area: int, min_keypoint_area: int = 0
-) -> List[dict]:
-    H, W = ids.shape
-    is_fig = (ids > 0) & (ids != _DISTRACTOR_ID)
-    slot = np.where(is_fig, (ids.astype(np.int32) - 1) // _PARTS_PER_FIGURE, -1)
-    areas = np.bincount(slot[is_fig].ravel(), minlength=len(figures))
-    annotations = []
-    for i, fig in enumerate(figures):
-        allowed = _ALLOWED_PARTS if fig.allowed_parts is None else fig.allowed_parts
-        area = int(areas[i])
-        if area < max(1, min_visible_area):
-            continue
-        ys, xs = np.nonzero(slot == i)
-        x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
-        kps: List[float] = []
-        n_vis = 0
-        for k in range(NUM_KEYPOINTS):
-            if area < min_keypoint_area:
-                kps += [0, 0, 0]  # a small person: box only (see RenderConfig.min_keypoint_area)
-                continue
-            # COCO keypoints are pixel indices: detectron2 adds 0.5 when loading, so write
-            # continuous - 0.5 (rounded so the JSON is stable).
-            jx = round(float(fig.keypoints[k, 0]) - 0.5, 2)
-            jy = round(float(fig.keypoints[k, 1]) - 0.5, 2)
-            if not (0.0 <= jx <= W - 1 and 0.0 <= jy <= H - 1):
-                kps += [0, 0, 0]  # outside the image: COCO writes (0, 0, 0)
-                continue
-            px, py = int(math.floor(jx + 0.5)), int(math.floor(jy + 0.5))
-            v_id = int(ids[py, px])
-            seen = (
-                0 < v_id != _DISTRACTOR_ID
-                and (v_id - 1) // _PARTS_PER_FIGURE == i
-                and bool(allowed[k, (v_id - 1) % _PARTS_PER_FIGURE])
-                and bool(fig.self_visible[k])
-            )
-            # v = 1: inside the image but something (another figure, a distractor, this
-            # figure's own torso/arm/head) is drawn over it.
-            v = 2 if seen else 1
-            kps += [jx, jy, v]
-            n_vis += 1
-            # The keypoint's pixel [jx, jx + 1] joins the box, so it holds both the JSON value
-            # and the continuous one (jx + 0.5).
-            x0, y0 = min(x0, jx), min(y0, jy)
-            x1, y1 = max(x1, jx + 1.0), max(y1, jy + 1.0)
-        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(W)), min(y1, float(H))
-        annotations.append(
-            {
-                "figure_index": i,
-                "keypoints": kps,
-                "num_keypoints": n_vis,
-                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                "area": float(area),
-            }
-        )
-    return annotations
-
-
-def _photometric(rng: np.random.Generator, cfg: RenderConfig, img: np.ndarray) -> np.ndarray:
-    out = img.astype(np.float32)
-    lo, hi = cfg.motion_blur
-    if hi > 0:
-        n = int(rng.integers(lo, hi + 1))
-        if n > 1:
-            kernel = np.zeros((n, n), np.float32)
-            kernel[n // 2, :] = 1.0 / n
-            angle = float(rng.uniform(-20, 20))
-            m = cv2.getRotationMatrix2D(((n - 1) / 2.0, (n - 1) / 2.0), angle, 1.0)
-            kernel = cv2.warpAffine(kernel, m, (n, n))
-            kernel /= max(float(kernel.sum()), 1e-6)
-            out = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REFLECT)
-    out = out * rng.uniform(*cfg.contrast_range) + rng.uniform(*cfg.brightness_range)
-    if cfg.noise_sigma > 0:
-        out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(cfg.noise_sigma)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def render_image(
-    rng: np.random.Generator,
-    cfg: RenderConfig,
-    width: Optional[int] = None,
-    height: Optional[int] = None,
-) -> Tuple[np.ndarray, List[dict]]:
-    """Samples and draws one whole image.
-
-    Args:
-        rng: random generator; the image depends only on its state and ``cfg``.
-        cfg: the generator's knobs.
-        width, height: image size; None samples it from ``cfg.width_range/height_range``.
-
-    Returns:
-        (image, annotations): (H, W, 3) uint8 BGR image and annotations as in ``render_scene``.
-    """
-    if width is None:
-        width = int(rng.integers(cfg.width_range[0], cfg.width_range[1] + 1))
-    if height is None:
-        height = int(rng.integers(cfg.height_range[0], cfg.height_range[1] + 1))
-    background = make_background(rng, cfg.background, width, height)
-    w = np.asarray(cfg.num_people_weights, dtype=np.float64)
-    n_people = int(rng.choice(len(w), p=w / w.sum()))
-    teams = [_random_color(rng), _random_color(rng)] if cfg.team_colors else None
-    figures: List[Figure] = []
-    for _ in range(n_people):
-        shirt = teams[int(rng.integers(2))] if teams else None
-        near = figures[-1] if figures and rng.random() < cfg.cluster_prob else None
-        figures.append(sample_figure(rng, cfg, width, height, shirt, near))
-    lo, hi = cfg.num_distractors
-    n_distractors = int(rng.integers(lo, hi + 1))
-    distractors = [
-        sample_distractor(rng, cfg, width, height, figures) for _ in range(n_distractors)
-    ]
-    img, annotations = render_scene(
-        background, figures, distractors, cfg.min_visible_area, cfg.min_keypoint_area
-    )
-    return _photometric(rng, cfg, img), annotations
