@@ -33,6 +33,7 @@ Results are printed as a table and, with --output, written as JSON. What the COC
 stages cost, in GPU hours, is estimated by dev/estimate_coco_costs.py.
 """
 import argparse
+import functools
 import json
 import logging
 import os
@@ -79,9 +80,21 @@ def setup(args):
     return cfg
 
 
-def _round_order(names: list, round_index: int) -> list:
-    """The order of the contenders in a round: as given in even rounds, reversed in odd ones."""
-    return names if round_index % 2 == 0 else names[::-1]
+def _alternating_rounds(timers: dict, rounds: int) -> dict:
+    """Calls every timer once per round, in the given order in even rounds and reversed in odd
+    ones, so that a drift of the machine's load hits all alike. Returns name -> seconds."""
+    names = list(timers)
+    seconds = {name: [] for name in names}
+    for round_index in range(rounds):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            seconds[name].append(timers[name]())
+    return seconds
+
+
+def _median_ratio(numerators: list, denominators: list) -> float:
+    """The median over rounds of the per-round ratio: a change of the machine's load between
+    rounds cancels out, since each round times all contenders back to back."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
 def _time_batches(iterator, num_batches: int) -> float:
@@ -117,14 +130,15 @@ def benchmark_train_loader(cfg, args) -> dict:
         ),
     }
     names = list(loaders)
-    seconds = {name: [] for name in names}
     with EventStorage():  # the ratio loader logs its counts, as in training
         iterators = {name: iter(loader) for name, loader in loaders.items()}
         for name in names:
             _time_batches(iterators[name], args.warmup)
-        for round_index in range(args.rounds):
-            for name in _round_order(names, round_index):
-                seconds[name].append(_time_batches(iterators[name], args.num_iters))
+        timers = {
+            name: functools.partial(_time_batches, iterators[name], args.num_iters)
+            for name in names
+        }
+        seconds = _alternating_rounds(timers, args.rounds)
     rates = {name: [args.num_iters / s for s in seconds[name]] for name in names}
     mixed, base = names
     per_round = [100.0 * (1.0 - m / b) for m, b in zip(rates[mixed], rates[base])]
@@ -194,22 +208,24 @@ def benchmark_tta(cfg, args) -> dict:
     }
     names = list(approaches)
     inputs = [[{"image": im, "height": height, "width": width}] for im in images]
-    seconds = {name: [] for name in names}
     detections = {name: [] for name in names}
     memory = {name: PeakMemory(cfg.MODEL.DEVICE) for name in names}
+
+    def time_approach(name: str) -> float:
+        with memory[name]:
+            start = time.perf_counter()
+            for x in inputs[: args.num_iters]:
+                detections[name].append(len(approaches[name](x)[0]["instances"]))
+            if cfg.MODEL.DEVICE.startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
     with torch.no_grad():
         for name in names:
             for x in inputs[: args.warmup]:
                 approaches[name](x)
-        for round_index in range(args.rounds):
-            for name in _round_order(names, round_index):
-                with memory[name]:
-                    start = time.perf_counter()
-                    for x in inputs[: args.num_iters]:
-                        detections[name].append(len(approaches[name](x)[0]["instances"]))
-                    if cfg.MODEL.DEVICE.startswith("cuda"):
-                        torch.cuda.synchronize()
-                    seconds[name].append(time.perf_counter() - start)
+        timers = {name: functools.partial(time_approach, name) for name in names}
+        seconds = _alternating_rounds(timers, args.rounds)
     rates = {name: [args.num_iters / s for s in seconds[name]] for name in names}
     pooled = {name: args.num_iters * args.rounds / sum(seconds[name]) for name in names}
     ens, two_pass, single, backbone = names
@@ -234,23 +250,15 @@ def benchmark_tta(cfg, args) -> dict:
             }
             for name in names
         },
-        # > 1: the ensembler is faster than the two-pass way. The median over rounds of the
-        # per-round ratio: each round times all approaches back to back, so a change of the
-        # machine's load between rounds cancels out.
-        "speedup_over_two_pass": statistics.median(
-            e / t for e, t in zip(rates[ens], rates[two_pass])
-        ),
-        # < 1: the ensembler takes less time than the N single-view inferences (same median).
-        "time_relative_to_single_views": statistics.median(
-            s / e for e, s in zip(rates[ens], rates[single])
-        ),
+        # > 1: the ensembler is faster than the two-pass way.
+        "speedup_over_two_pass": _median_ratio(rates[ens], rates[two_pass]),
+        # < 1: the ensembler takes less time than the N single-view inferences.
+        "time_relative_to_single_views": _median_ratio(rates[single], rates[ens]),
         "speedup_over_two_pass_pooled": pooled[ens] / pooled[two_pass],
         "time_relative_to_single_views_pooled": pooled[single] / pooled[ens],
         # The two-pass way is the ensembler plus one more backbone pass per view, so its time is
         # at most (1 + this share) times the ensembler's: the largest speedup sharing can give.
-        "backbone_share_of_ensembler": statistics.median(
-            e / b for e, b in zip(rates[ens], rates[backbone])
-        ),
+        "backbone_share_of_ensembler": _median_ratio(rates[ens], rates[backbone]),
     }
     result["speedup_over_two_pass_bound"] = 1.0 + result["backbone_share_of_ensembler"]
     table = [
