@@ -27,7 +27,8 @@ Tasks:
           MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 TEST.DETECTIONS_PER_IMAGE 20
 
 - ``annotate``: images/s of the whole annotation stage (tools/annotate_net.py's work: reading,
-  views, labels, JSON) on the first --num-iters images of DD.ANNOTATE.DATASETS.
+  views, labels, JSON) on the first --num-iters images of DD.ANNOTATE.DATASETS, and the split of
+  its time that the stage reports itself (e.g. waiting for input, in the model), if it does.
 
 Results are printed as a table and, with --output, written as JSON. What the COCO configs'
 stages cost, in GPU hours, is estimated by dev/estimate_coco_costs.py.
@@ -82,7 +83,11 @@ def setup(args):
 
 def _alternating_rounds(timers: dict, rounds: int) -> dict:
     """Calls every timer once per round, in the given order in even rounds and reversed in odd
-    ones, so that a drift of the machine's load hits all alike. Returns name -> seconds."""
+    ones, so that a drift of the machine's load hits all alike.
+
+    Returns:
+        name -> the seconds its timer returned, one per round.
+    """
     names = list(timers)
     seconds = {name: [] for name in names}
     for round_index in range(rounds):
