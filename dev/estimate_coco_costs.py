@@ -17,6 +17,7 @@ configs with the same model, sizes and views are measured once.
 
 Results are printed as a table and, with --output, written as JSON.
 """
+
 import argparse
 import copy
 import json
@@ -30,8 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tabulate import tabulate
-
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper
 from detectron2.modeling import build_model
@@ -39,10 +38,12 @@ from detectron2.solver import build_optimizer
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
 
 from dd_detectron import add_dd_config
 from dd_detectron.annotation import views_config
 from dd_detectron.annotation.inputs import ReadImageOrError
+from dd_detectron.config import num_views
 from dd_detectron.modeling import KeypointRCNNWithTTA
 from dd_detectron.utils.benchmark import build_benchmark_model
 
@@ -104,10 +105,18 @@ def _coco_cost_records(directory: str, count: int, image_size) -> list:
             keypoints = []
             for _k in range(17):
                 keypoints += [x + float(rng.uniform(0, bw)), y + float(rng.uniform(0, bh)), 2]
-            annotations.append({"bbox": [x, y, bw, bh], "bbox_mode": BoxMode.XYWH_ABS,
-                                "category_id": 0, "iscrowd": 0, "keypoints": keypoints})
-        records.append({"file_name": path, "height": h, "width": w, "image_id": i,
-                        "annotations": annotations})
+            annotations.append(
+                {
+                    "bbox": [x, y, bw, bh],
+                    "bbox_mode": BoxMode.XYWH_ABS,
+                    "category_id": 0,
+                    "iscrowd": 0,
+                    "keypoints": keypoints,
+                }
+            )
+        records.append(
+            {"file_name": path, "height": h, "width": w, "image_id": i, "annotations": annotations}
+        )
     return records
 
 
@@ -144,8 +153,12 @@ def _time_training(cfg, records, num_iters: int, warmup: int) -> dict:
             if i >= warmup:
                 seconds.append(time.perf_counter() - start)
                 sizes.append(list(batch[0]["image"].shape[1:]))
-    return {"cpu_s_per_image": statistics.mean(seconds), "cpu_s_per_image_each": seconds,
-            "input_sizes_hw": sizes, "torch_threads": torch.get_num_threads()}
+    return {
+        "cpu_s_per_image": statistics.mean(seconds),
+        "cpu_s_per_image_each": seconds,
+        "input_sizes_hw": sizes,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _time_annotation(cfg, records, num_iters: int, warmup: int) -> dict:
@@ -180,11 +193,15 @@ def _time_annotation(cfg, records, num_iters: int, warmup: int) -> dict:
                 plain.append(middle - start)
                 views.append(end - middle)
                 boxes.append(len(out[0]["instances"]))
-    aug = views_cfg.TEST.AUG
-    return {"cpu_s_per_image": statistics.mean(views), "cpu_s_per_image_each": views,
-            "cpu_plain_s_per_image": statistics.mean(plain), "cpu_plain_s_per_image_each": plain,
-            "views": len(aug.MIN_SIZES) * (2 if aug.FLIP else 1), "boxes_per_image": boxes,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "cpu_s_per_image": statistics.mean(views),
+        "cpu_s_per_image_each": views,
+        "cpu_plain_s_per_image": statistics.mean(plain),
+        "cpu_plain_s_per_image_each": plain,
+        "views": num_views(views_cfg),
+        "boxes_per_image": boxes,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def coco_gpu_estimates(results: list) -> dict:
@@ -228,34 +245,62 @@ def coco_gpu_estimates(results: list) -> dict:
             r["work"] = f"{images} images x {r['views']} views"
         r["gpu_hours"] = images * r["gpu_s_per_image"] / 3600.0
         r["wall_hours_8gpus"] = r["gpu_hours"] / ESTIMATE_GPUS
-    return {"cpu_to_gpu_factor": factors, "zoo_train_gpu_s_per_image": zoo_train_gpu_s_per_image,
-            "zoo_inference_gpu_s_per_image": ZOO_INFERENCE_S_PER_IMAGE, "gpus": ESTIMATE_GPUS}
+    return {
+        "cpu_to_gpu_factor": factors,
+        "zoo_train_gpu_s_per_image": zoo_train_gpu_s_per_image,
+        "zoo_inference_gpu_s_per_image": ZOO_INFERENCE_S_PER_IMAGE,
+        "gpus": ESTIMATE_GPUS,
+    }
 
 
 def _print_table(results: list, reference: dict, load_before: float) -> None:
     table = []
     for r in results:
         if r["stage"] == "train":
-            cpu = (f"{r['cpu_s_per_image']:.1f} s/image = {r['cpu_s_per_iter']:.0f} s/iter of "
-                   f"{r['ims_per_batch']}")
+            cpu = (
+                f"{r['cpu_s_per_image']:.1f} s/image = {r['cpu_s_per_iter']:.0f} s/iter of "
+                f"{r['ims_per_batch']}"
+            )
             gpu = f"{r['gpu_s_per_iter_8gpus']:.3f} s/iter"
         else:
-            cpu = (f"{r['cpu_s_per_image']:.1f} s/image ({r['views']} views; plain: "
-                   f"{r['cpu_plain_s_per_image']:.2f})")
+            cpu = (
+                f"{r['cpu_s_per_image']:.1f} s/image ({r['views']} views; plain: "
+                f"{r['cpu_plain_s_per_image']:.2f})"
+            )
             gpu = f"{r['gpu_s_per_image']:.2f} GPU-s/image"
         timing = "measured" if r["measured_with"] == r["config"] else f"= {r['measured_with']}"
-        table.append([r["config"], cpu, timing, r["work"], gpu, f"{r['gpu_hours']:.0f}",
-                      f"{r['wall_hours_8gpus']:.1f}"])
-    headers = ["config", "CPU cost", "timing", "work", "GPU estimate", "GPU-h",
-               f"hours on {ESTIMATE_GPUS} GPUs"]
+        table.append(
+            [
+                r["config"],
+                cpu,
+                timing,
+                r["work"],
+                gpu,
+                f"{r['gpu_hours']:.0f}",
+                f"{r['wall_hours_8gpus']:.1f}",
+            ]
+        )
+    headers = [
+        "config",
+        "CPU cost",
+        "timing",
+        "work",
+        "GPU estimate",
+        "GPU-h",
+        f"hours on {ESTIMATE_GPUS} GPUs",
+    ]
     print(tabulate(table, headers=headers, tablefmt="pipe"))
     factors = ", ".join(f"{k} {v:.0f}x" for k, v in reference["cpu_to_gpu_factor"].items())
-    print(f"ESTIMATES. CPU -> GPU factors: {factors} (this CPU's time for the detectron2 model "
-          "zoo's keypoint_rcnn_R_50_FPN workload over its published V100 time: "
-          f"{reference['zoo_train_gpu_s_per_image']:.3f} GPU-s per training image, "
-          f"{ZOO_INFERENCE_S_PER_IMAGE} s per plain inference).")
-    print(f"Load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads.")
+    print(
+        f"ESTIMATES. CPU -> GPU factors: {factors} (this CPU's time for the detectron2 model "
+        "zoo's keypoint_rcnn_R_50_FPN workload over its published V100 time: "
+        f"{reference['zoo_train_gpu_s_per_image']:.3f} GPU-s per training image, "
+        f"{ZOO_INFERENCE_S_PER_IMAGE} s per plain inference)."
+    )
+    print(
+        f"Load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads."
+    )
 
 
 def estimate_coco_costs(args) -> dict:
@@ -284,25 +329,36 @@ def estimate_coco_costs(args) -> dict:
             stage = "annotate" if name.startswith("annotate") else "train"
             key = _cost_setup_key(cfg, stage)
             if key not in measured:
-                logger.info("Measuring %s (%s stage), %d timed images ...", name, stage,
-                            args.num_iters)
+                logger.info(
+                    "Measuring %s (%s stage), %d timed images ...", name, stage, args.num_iters
+                )
                 time_stage = _time_annotation if stage == "annotate" else _time_training
                 timing = time_stage(cfg, records, args.num_iters, args.warmup)
                 measured[key] = dict(timing, measured_with=name)
             r = dict(measured[key], config=name, stage=stage)
             if stage == "train":
-                r.update(max_iter=cfg.SOLVER.MAX_ITER, ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
-                         cpu_s_per_iter=r["cpu_s_per_image"] * cfg.SOLVER.IMS_PER_BATCH)
+                r.update(
+                    max_iter=cfg.SOLVER.MAX_ITER,
+                    ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+                    cpu_s_per_iter=r["cpu_s_per_image"] * cfg.SOLVER.IMS_PER_BATCH,
+                )
             else:
                 dataset = cfg.DD.ANNOTATE.DATASETS[0]
                 r.update(dataset=dataset, images=UNLABELED_IMAGES.get(dataset, 0))
             results.append(r)
     reference = coco_gpu_estimates(results)
     _print_table(results, reference, load_before)
-    return {"task": "coco_costs", "num_iters": args.num_iters, "warmup": args.warmup,
-            "image_size": list(args.image_size), "detections_per_image": COCO_COST_DETECTIONS,
-            "load_average_1min": [load_before, os.getloadavg()[0]], "cpus": os.cpu_count(),
-            "reference": reference, "configs": results}
+    return {
+        "task": "coco_costs",
+        "num_iters": args.num_iters,
+        "warmup": args.warmup,
+        "image_size": list(args.image_size),
+        "detections_per_image": COCO_COST_DETECTIONS,
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+        "cpus": os.cpu_count(),
+        "reference": reference,
+        "configs": results,
+    }
 
 
 def main(args):
@@ -322,16 +378,29 @@ def argument_parser():
         description=__doc__.split("\n\n")[0].strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config-file", default="", metavar="FILE",
-                        help="one config to measure (default: every config of COCO-Keypoints)")
+    parser.add_argument(
+        "--config-file",
+        default="",
+        metavar="FILE",
+        help="one config to measure (default: every config of COCO-Keypoints)",
+    )
     parser.add_argument("--output", default="", help="write the results to this JSON file")
-    parser.add_argument("--num-iters", type=int, default=20,
-                        help="timed images per measurement")
+    parser.add_argument("--num-iters", type=int, default=20, help="timed images per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed images before them")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
-                        help="size of the random COCO-like images")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="config KEY VALUE pairs, applied to every config")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=[480, 640],
+        metavar=("H", "W"),
+        help="size of the random COCO-like images",
+    )
+    parser.add_argument(
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="config KEY VALUE pairs, applied to every config",
+    )
     return parser
 
 

@@ -33,6 +33,7 @@ Tasks:
 Results are printed as a table and, with --output, written as JSON. What the COCO configs'
 stages cost, in GPU hours, is estimated by dev/estimate_coco_costs.py.
 """
+
 import argparse
 import functools
 import json
@@ -44,17 +45,17 @@ import time
 
 import numpy as np
 import torch
-from tabulate import tabulate
-
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
 
 from dd_detectron import add_dd_config
 from dd_detectron.annotation import annotate, views_config
 from dd_detectron.annotation.inputs import images_to_label
+from dd_detectron.config import num_views
 from dd_detectron.data import build_ratio_train_loader
 from dd_detectron.engine import SourceCountingLoader
 from dd_detectron.modeling import KeypointRCNNWithTTA
@@ -240,7 +241,7 @@ def benchmark_tta(cfg, args) -> dict:
         "ensembler_view_batch_size": ensembler.batch_size,
         "torch_threads": torch.get_num_threads(),
         "weights": cfg.MODEL.WEIGHTS or "random",
-        "views": len(cfg.TEST.AUG.MIN_SIZES) * (2 if cfg.TEST.AUG.FLIP else 1),
+        "views": num_views(cfg),
         "image_size": [height, width],
         "rounds": args.rounds,
         "images_per_round": args.num_iters,
@@ -267,24 +268,42 @@ def benchmark_tta(cfg, args) -> dict:
     }
     result["speedup_over_two_pass_bound"] = 1.0 + result["backbone_share_of_ensembler"]
     table = [
-        [name, f"{r['images_per_s_median']:.4f}", f"{r['images_per_s_pooled']:.4f}",
-         f"{r['seconds_per_image']:.2f}", f"{r['peak_memory_mib']:.0f}",
-         f"{r['detections_per_image']:.1f}"]
+        [
+            name,
+            f"{r['images_per_s_median']:.4f}",
+            f"{r['images_per_s_pooled']:.4f}",
+            f"{r['seconds_per_image']:.2f}",
+            f"{r['peak_memory_mib']:.0f}",
+            f"{r['detections_per_image']:.1f}",
+        ]
         for name, r in result["approaches"].items()
     ]
-    table += [
-        ["ensembler speedup over two-pass",
-         f"{result['speedup_over_two_pass']:.3f}x (median of rounds)",
-         f"{result['speedup_over_two_pass_pooled']:.3f}x", "", "", ""],
-        ["ensembler time / N single views",
-         f"{result['time_relative_to_single_views']:.3f} (median of rounds)",
-         f"{result['time_relative_to_single_views_pooled']:.3f}", "", "", ""],
-        ["backbone share of the ensembler's time",
-         f"{result['backbone_share_of_ensembler']:.3f} "
-         f"(speedup bound {result['speedup_over_two_pass_bound']:.3f}x)", "", "", "", ""],
+    ratios = [
+        (
+            "ensembler speedup over two-pass",
+            f"{result['speedup_over_two_pass']:.3f}x (median of rounds)",
+            f"{result['speedup_over_two_pass_pooled']:.3f}x",
+        ),
+        (
+            "ensembler time / N single views",
+            f"{result['time_relative_to_single_views']:.3f} (median of rounds)",
+            f"{result['time_relative_to_single_views_pooled']:.3f}",
+        ),
+        (
+            "backbone share of the ensembler's time",
+            f"{result['backbone_share_of_ensembler']:.3f} "
+            f"(speedup bound {result['speedup_over_two_pass_bound']:.3f}x)",
+        ),
     ]
-    headers = ["approach", "images/s (median)", "images/s (pooled)", "s/image", "peak MiB",
-               "dets/image"]
+    table += [list(row) + [""] * (6 - len(row)) for row in ratios]
+    headers = [
+        "approach",
+        "images/s (median)",
+        "images/s (pooled)",
+        "s/image",
+        "peak MiB",
+        "dets/image",
+    ]
     print(tabulate(table, headers=headers, tablefmt="pipe"))
     return result
 
@@ -310,34 +329,41 @@ def benchmark_annotate(cfg, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if args.warmup:
             annotate(cfg, model, os.path.join(tmp, "warmup"), images=images[: args.warmup])
-        timed = images[args.warmup: args.warmup + args.num_iters]
+        timed = images[args.warmup : args.warmup + args.num_iters]
         memory = PeakMemory(cfg.MODEL.DEVICE)
         with memory:
             start = time.perf_counter()
             summary = annotate(cfg, model, os.path.join(tmp, "timed"), images=timed)["annotation"]
             seconds = time.perf_counter() - start
-    aug = views_config(cfg).TEST.AUG
     result = {
         "task": "annotate",
         "device": cfg.MODEL.DEVICE,
         "torch_threads": torch.get_num_threads(),
         "datasets": list(cfg.DD.ANNOTATE.DATASETS),
         "weights": cfg.MODEL.WEIGHTS or "random",
-        "views": len(aug.MIN_SIZES) * (2 if aug.FLIP else 1),
+        "views": num_views(views_config(cfg)),
         "images": len(timed),
         "seconds": seconds,
         "images_per_s": len(timed) / seconds,
         "peak_memory_mib": memory.peak_mib,
         "annotations": summary["annotations"],
     }
-    row = [len(timed), result["views"], f"{seconds:.1f}", f"{result['images_per_s']:.3f}",
-           f"{memory.peak_mib:.0f}", summary["annotations"]]
+    row = [
+        len(timed),
+        result["views"],
+        f"{seconds:.1f}",
+        f"{result['images_per_s']:.3f}",
+        f"{memory.peak_mib:.0f}",
+        summary["annotations"],
+    ]
     headers = ["images", "views", "seconds", "images/s", "peak MiB", "annotations"]
     print(tabulate([row], headers=headers, tablefmt="pipe"))
     if "timing" in summary:  # the stage's own split of its time, as annotate() reports it
         result["timing"] = summary["timing"]
-        rows = [[key, f"{value:.3f}" if isinstance(value, float) else value]
-                for key, value in summary["timing"].items()]
+        rows = [
+            [key, f"{value:.3f}" if isinstance(value, float) else value]
+            for key, value in summary["timing"].items()
+        ]
         print(tabulate(rows, headers=["annotation timing", "value"], tablefmt="pipe"))
     return result
 
@@ -370,14 +396,23 @@ def argument_parser():
     parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
     parser.add_argument("--output", default="", help="write the results to this JSON file")
     parser.add_argument("--rounds", type=int, default=10, help="alternating measurement rounds")
-    parser.add_argument("--num-iters", type=int, default=20,
-                        help="items timed per round (train_loader: batches)")
-    parser.add_argument("--warmup", type=int, default=5,
-                        help="untimed items before the first round")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
-                        help="tta: size of the random test images (views are resized from it)")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="config KEY VALUE pairs")
+    parser.add_argument(
+        "--num-iters", type=int, default=20, help="items timed per round (train_loader: batches)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="untimed items before the first round"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=[480, 640],
+        metavar=("H", "W"),
+        help="tta: size of the random test images (views are resized from it)",
+    )
+    parser.add_argument(
+        "opts", default=None, nargs=argparse.REMAINDER, help="config KEY VALUE pairs"
+    )
     return parser
 
 

@@ -4,14 +4,14 @@ run the detectron2 way, one plain inference per view, and the ensembler's backbo
 Each is called like the ensembler, on a list of input dicts, and returns one dict per input with
 its "instances".
 """
+
 from typing import List
 
 import torch
-from fvcore.transforms import HFlipTransform
-
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads.keypoint_head import keypoint_rcnn_inference
+from fvcore.transforms import HFlipTransform
 
 from .test_time_augmentation import KeypointRCNNWithTTA, unflip_keypoint_logits
 
@@ -37,9 +37,11 @@ class TwoPassKeypointTTA(KeypointRCNNWithTTA):
         outputs = self._batch_inference(augmented_inputs, augmented_instances)
         del augmented_inputs, augmented_instances
         heatmaps = [
-            unflip_keypoint_logits(o.pred_keypoint_heatmaps, self.keypoint_flip_indices)
-            if any(isinstance(t, HFlipTransform) for t in tfm.transforms)
-            else o.pred_keypoint_heatmaps
+            (
+                unflip_keypoint_logits(o.pred_keypoint_heatmaps, self.keypoint_flip_indices)
+                if any(isinstance(t, HFlipTransform) for t in tfm.transforms)
+                else o.pred_keypoint_heatmaps
+            )
             for o, tfm in zip(outputs, tfms)
         ]
         keypoint_rcnn_inference(torch.stack(heatmaps).mean(dim=0), [merged])

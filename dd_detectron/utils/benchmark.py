@@ -1,12 +1,12 @@
 """Measuring helpers for the benchmarks (tools/benchmark.py, dev/estimate_coco_costs.py): peak
 memory of a block of code, and a model to time when no trained weights are at hand."""
+
 import ctypes
 import logging
 import os
 import threading
 
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -65,7 +65,7 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             peak = max(self._peak, self._rss())
-        self.peak_mib = max(self.peak_mib, (peak - self._base) / 2 ** 20)
+        self.peak_mib = max(self.peak_mib, (peak - self._base) / 2**20)
 
 
 def _keypoint_logits(model, image: torch.Tensor) -> None:
