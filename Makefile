@@ -1,5 +1,5 @@
 # dd-detectron: `make demo` runs the pipeline on the embedded synthetic data, `make test` the tests.
-# Both set up .venv first (tools/setup_env.py; idempotent: a second run does nothing).
+# Both set up .venv first (dev/setup_env.py; idempotent: a second run does nothing).
 PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
@@ -11,8 +11,8 @@ FORCE_SETUP := $(if $(DETECTRON2_SOURCE),force-setup)
 
 setup: $(STAMP)
 
-$(STAMP): setup.py tools/setup_env.py $(FORCE_SETUP)
-	$(PYTHON) tools/setup_env.py --venv $(VENV)
+$(STAMP): setup.py dev/setup_env.py $(FORCE_SETUP)
+	$(PYTHON) dev/setup_env.py --venv $(VENV)
 	touch $@
 
 # The pipeline on the embedded synthetic data: one seed, shortened schedule (report in output/demo).

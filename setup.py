@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["dd_detectron", "dd_detectron.*"]),
     python_requires=">=3.8",
     install_requires=[
-        # detectron2 is not on PyPI: tools/setup_env.py provides it (the user's own, or a
+        # detectron2 is not on PyPI: dev/setup_env.py provides it (the user's own, or a
         # fallback build). Declared so that pip checks it is there.
         "detectron2>=0.6",
         "torch",

@@ -1,8 +1,15 @@
-"""Shared test settings: CPU only, quiet third-party deprecation noise, and test data in tmp."""
+"""Shared test settings: CPU only, quiet third-party deprecation noise, and test data in tmp;
+the ``load_tool`` fixture for the tests of a script."""
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+from pathlib import Path
 
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
 _DATASETS_ROOT = None
 
 
@@ -26,3 +33,23 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _DATASETS_ROOT:
         shutil.rmtree(_DATASETS_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """A function ``load_tool(name, folder="tools")`` that imports ``<folder>/<name>.py`` of the
+    repository by its path (scripts are not a package) and returns the module; each script is
+    imported once per session. Tests of library code import the package instead."""
+    modules = {}
+
+    def load(name: str, folder: str = "tools"):
+        key = f"dd_{folder}_{name}"
+        if key not in modules:
+            spec = importlib.util.spec_from_file_location(key, REPO / folder / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module  # dataclasses and pickle look their module up here
+            spec.loader.exec_module(module)
+            modules[key] = module
+        return modules[key]
+
+    return load

@@ -3,6 +3,7 @@
 Tiny COCO sets written to tmp dirs and registered under unique names, a random-weight tiny model,
 one torch thread (so that every run, sharded or not, computes bit-identical detections).
 """
+import argparse
 import json
 import os
 import socket
@@ -484,3 +485,24 @@ def test_label_quality_of_true_and_shifted_labels(data, tmp_path):
         results.append(label_quality(path, labeled))
     assert results[0]["keypoints"]["AP"] == pytest.approx(100.0) and results[0]["bbox"]["AP"] == pytest.approx(100.0)
     assert results[1]["keypoints"]["AP"] < 90.0 and results[1]["labels"] == 6
+
+
+def test_benchmark_annotate_task_reports_the_stage_timing(data, load_tool, monkeypatch, capsys):
+    labeled, _ = data
+    benchmark = load_tool("benchmark")
+    summaries = []
+
+    def annotate_with_timing(*args, **kwargs):
+        # The stage's own split of its time, as annotate() may report it; the task prints it.
+        results = annotate(*args, **kwargs)
+        results["annotation"].setdefault("timing", {"data_wait_s": 0.25, "model_s": 1.5})
+        summaries.append(results["annotation"])
+        return results
+
+    monkeypatch.setattr(benchmark, "annotate", annotate_with_timing)
+    cfg = tiny_cfg(labeled, labeled)  # all 4 images readable: the first one builds the model
+    result = benchmark.TASKS["annotate"](cfg, argparse.Namespace(num_iters=3, warmup=1))
+    assert result["images"] == 3 and result["views"] == 4 and result["images_per_s"] > 0
+    assert result["timing"] == summaries[-1]["timing"]
+    printed = capsys.readouterr().out
+    assert all(key in printed for key in result["timing"])

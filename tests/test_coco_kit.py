@@ -9,7 +9,6 @@ detectron2's builtin names and ours resolve there exactly as on a real machine.
 """
 import contextlib
 import dataclasses
-import importlib.util
 import io
 import json
 import logging
@@ -178,26 +177,23 @@ def run_tool(args, root, check=True, timeout=600):
     return proc
 
 
-def _prepare_module():
-    spec = importlib.util.spec_from_file_location("dd_prepare_coco", PREPARE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def prepare_coco(load_tool):
+    """``prepare_coco(root, *args)`` runs datasets/prepare_coco.py's main in this process (faster
+    than a subprocess; the command line itself runs in test_small_setting_pipeline) and returns
+    (exit status, output)."""
+    module = load_tool("prepare_coco", "datasets")
 
+    def run(root, *args):
+        stdout = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(stdout):
+                status = module.main(["--root", str(root)] + list(args))
+        except SystemExit as e:  # errors exit with their message
+            return 1, stdout.getvalue() + str(e.code)
+        return status, stdout.getvalue()
 
-PREPARE_COCO = _prepare_module()
-
-
-def prepare_coco(root, *args):
-    """Runs datasets/prepare_coco.py's main in this process (faster than a subprocess; the
-    command line itself runs in test_small_setting_pipeline). Returns (exit status, output)."""
-    stdout = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(stdout):
-            status = PREPARE_COCO.main(["--root", str(root)] + list(args))
-    except SystemExit as e:  # errors exit with their message
-        return 1, stdout.getvalue() + str(e.code)
-    return status, stdout.getvalue()
+    return run
 
 
 def _load(path):
@@ -208,7 +204,7 @@ def _load(path):
 # ------------------------------------------------------------------------------------------
 # prepare_coco.py
 # ------------------------------------------------------------------------------------------
-def test_prepare_coco_writes_co35_and_co80(tree):
+def test_prepare_coco_writes_co35_and_co80(tree, prepare_coco):
     status, out = prepare_coco(tree)
     assert status == 0
     ann = tree / "coco" / "annotations"
@@ -244,7 +240,7 @@ def test_prepare_coco_writes_co35_and_co80(tree):
     assert before == after
 
 
-def test_prepare_coco_refuses_inconsistent_inputs(tmp_path):
+def test_prepare_coco_refuses_inconsistent_inputs(tmp_path, prepare_coco):
     make_tiny_coco_tree(tmp_path)
     ann = tmp_path / "coco" / "annotations"
     # A 2017 train file with one more image than co-35 + co-80.
@@ -265,7 +261,7 @@ def test_prepare_coco_refuses_inconsistent_inputs(tmp_path):
     assert f"{ann / 'person_keypoints_val2014.json'} is missing" in out and "annotations_trainval2014.zip" in out
 
 
-def test_check_names_what_is_missing_and_where(tmp_path):
+def test_check_names_what_is_missing_and_where(tmp_path, prepare_coco):
     empty = tmp_path / "empty"
     empty.mkdir()
     status, out = prepare_coco(empty, "--check")
@@ -302,7 +298,7 @@ def test_check_names_what_is_missing_and_where(tmp_path):
 # ------------------------------------------------------------------------------------------
 # Datasets
 # ------------------------------------------------------------------------------------------
-def test_registered_names_load_on_the_tree(tree):
+def test_registered_names_load_on_the_tree(tree, prepare_coco):
     """Every dataset a COCO config names loads from the tree through its registered name."""
     prepare_coco(tree)
     script = (

@@ -1,6 +1,5 @@
 """The whole pipeline on the tiny synthetic profile: stages chain, skip when done, resume."""
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -14,13 +13,6 @@ from dd_detectron.pipeline.stages import STAGE_RECORD
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "configs/Synthetic/quick_schedules/pipeline_tiny.yaml"
-
-
-def _run_pipeline_module():
-    spec = importlib.util.spec_from_file_location("tool_run_pipeline", REPO / "tools" / "run_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _args(output_dir, *opts):
@@ -44,11 +36,11 @@ def _same(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, load_tool):
     """One tiny pipeline run (teacher, multi-view labels, student), shared by the tests below."""
     os.chdir(REPO)
     out = tmp_path_factory.mktemp("pipeline")
-    tool = _run_pipeline_module()
+    tool = load_tool("run_pipeline")
     report = tool.main(_args(out))
     return tool, out, report
 

@@ -5,13 +5,11 @@ test_student.py); nothing here needs the synthetic datasets or a GPU.
 """
 import argparse
 import collections
-import importlib.util
 import itertools
 import json
 import os
 import re
 import uuid
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -430,11 +428,8 @@ def test_builtin_generated_coco_shares_coco_keypoint_metadata():
     assert meta.image_root == ""
 
 
-def test_benchmark_train_loader_task_runs(tmp_path):
-    tool = Path(__file__).resolve().parent.parent / "tools" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("dd_benchmark", tool)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+def test_benchmark_train_loader_task_runs(tmp_path, load_tool):
+    benchmark = load_tool("benchmark")
     labeled = register_toy_labeled(str(tmp_path / "lab"), 6, seed=1)
     generated = write_toy_keypoints(str(tmp_path / "gen"), 4, seed=2)
     cfg = student_cfg(labeled, [generated])

@@ -1,6 +1,5 @@
 """The set-up script's detectron2 logic: fallback build, sha256 check, pins, placeholder ops."""
 import hashlib
-import importlib.util
 import io
 import tarfile
 import types
@@ -8,17 +7,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def _load_setup_env():
-    spec = importlib.util.spec_from_file_location("setup_env", REPO / "tools" / "setup_env.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-setup_env = _load_setup_env()
+@pytest.fixture(scope="module")
+def setup_env(load_tool):
+    """dev/setup_env.py, the set-up script (build tooling, beside the other dev scripts)."""
+    return load_tool("setup_env", "dev")
 
 
 def _fake_sdist(path: Path) -> str:
@@ -37,7 +30,7 @@ def _fake_sdist(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_wrong_sha256_names_the_file(tmp_path):
+def test_wrong_sha256_names_the_file(tmp_path, setup_env):
     sdist = tmp_path / "pb1-detectron2-0.6.tar.gz"
     _fake_sdist(sdist)
     with pytest.raises(setup_env.SetupError) as err:
@@ -47,7 +40,7 @@ def test_wrong_sha256_names_the_file(tmp_path):
     assert not (tmp_path / "build").exists(), "nothing may be unpacked from an unverified archive"
 
 
-def test_fallback_tree_is_pure_python_project_with_placeholder(tmp_path):
+def test_fallback_tree_is_pure_python_project_with_placeholder(tmp_path, setup_env):
     sdist = tmp_path / "pb1-detectron2-0.6.tar.gz"
     digest = _fake_sdist(sdist)
     project = setup_env.build_fallback_tree(sdist, tmp_path / "build", sha256=digest)
@@ -76,12 +69,12 @@ def test_fallback_tree_is_pure_python_project_with_placeholder(tmp_path):
         ("y = 1\n", ["setuptools<81"]),
     ],
 )
-def test_compat_pins_follow_the_source(tmp_path, source, expected):
+def test_compat_pins_follow_the_source(tmp_path, source, expected, setup_env):
     (tmp_path / "mod.py").write_text(source)
     assert setup_env.compat_pins(tmp_path) == expected
 
 
-def test_placeholder_names_the_missing_op():
+def test_placeholder_names_the_missing_op(setup_env):
     module = types.ModuleType("placeholder_C")
     exec(setup_env.PLACEHOLDER_C, module.__dict__)
     # What detectron2's collect_env asks of _C must work and say that the ops are absent.
@@ -106,7 +99,7 @@ def test_installed_detectron2_op_call_fails_clearly():
         pairwise_iou_rotated(boxes, boxes)
 
 
-def test_detectron2_source_must_exist(tmp_path):
+def test_detectron2_source_must_exist(tmp_path, setup_env):
     with pytest.raises(setup_env.SetupError, match="DETECTRON2_SOURCE=.*no such file"):
         setup_env.plan_detectron2(Path("python-unused"), str(tmp_path / "missing"), tmp_path)
     (tmp_path / "tree").mkdir()
@@ -114,6 +107,6 @@ def test_detectron2_source_must_exist(tmp_path):
         setup_env.plan_detectron2(Path("python-unused"), str(tmp_path / "tree"), tmp_path)
 
 
-def test_index_url_comes_from_pip_configuration(monkeypatch):
+def test_index_url_comes_from_pip_configuration(monkeypatch, setup_env):
     monkeypatch.setenv("PIP_INDEX_URL", "file:///srv/mirror/simple/")
     assert setup_env.index_simple_url() == "file:///srv/mirror/simple"

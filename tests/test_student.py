@@ -1,6 +1,5 @@
 """Student training: a few-iteration run on labeled + generated toy data, init rules, configs."""
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -144,10 +143,8 @@ def test_not_a_student_is_left_alone():
     assert apply_student_init(cfg) is None and cfg.MODEL.WEIGHTS == "w.pkl"
 
 
-def test_train_net_setup_applies_teacher_init(tmp_path):
-    spec = importlib.util.spec_from_file_location("dd_train_net", REPO / "tools" / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+def test_train_net_setup_applies_teacher_init(tmp_path, load_tool):
+    train_net = load_tool("train_net")
     args = argparse.Namespace(
         config_file=str(REPO / "configs" / "COCO-Keypoints" / "student_R50-FPN_360k_co115-un120.yaml"),
         opts=["DD.STUDENT.INIT", "teacher", "DD.STUDENT.TEACHER_WEIGHTS", "t.pth", "OUTPUT_DIR", str(tmp_path)],

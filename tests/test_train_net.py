@@ -1,7 +1,6 @@
 """A few-iteration teacher run through tools/train_net.py: train, checkpoint, reload, keypoint AP."""
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,13 +13,6 @@ from dd_detectron.data.synthetic import SYNTHETIC_SPLITS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs" / "Synthetic" / "teacher_nR18-FPN_2k_labeled.yaml")
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +62,10 @@ def _keypoint_metrics(results):
     return metrics
 
 
-def test_teacher_trains_checkpoints_reloads_and_reports_keypoint_ap(tiny_splits, tmp_path):
-    train_net = _load_tool("train_net")
+def test_teacher_trains_checkpoints_reloads_and_reports_keypoint_ap(
+    tiny_splits, tmp_path, load_tool
+):
+    train_net = load_tool("train_net")
     torch.manual_seed(0)
     train_net.main(_args(CONFIG, tmp_path, "SEED", "7"))
     # The final evaluation of training (detectron2's EvalHook) is logged to metrics.json.

@@ -3,6 +3,7 @@
 Random-weight tiny models on CPU: the properties tested (identity view = plain inference, flip
 equivariance of the {identity, flip} ensemble) hold for any weights.
 """
+import argparse
 import os
 
 import numpy as np
@@ -265,14 +266,8 @@ def test_trainer_evaluates_with_tta(tmp_path):
     assert os.path.exists(tmp_path / "out" / "inference_TTA" / name / "coco_instances_results.json")
 
 
-def test_benchmark_tta_task_runs_every_approach():
-    import argparse
-    import importlib.util
-
-    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark.py")
-    spec = importlib.util.spec_from_file_location("dd_benchmark_tta", tool)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+def test_benchmark_tta_task_runs_every_approach(load_tool):
+    benchmark = load_tool("benchmark")
     cfg = tiny_cfg("TEST.AUG.MIN_SIZES", (64, H), "TEST.AUG.FLIP", True)
     args = argparse.Namespace(rounds=2, num_iters=1, warmup=0, image_size=[H, W])
     result = benchmark.TASKS["tta"](cfg, args)

@@ -12,7 +12,7 @@ __all__ = ["build_keypoint_evaluator", "fast_coco_eval_available"]
 def fast_coco_eval_available() -> bool:
     """True when ``detectron2._C`` is a compiled extension (it holds the fast COCO evaluator).
 
-    A pure-Python detectron2 (see tools/setup_env.py) has a placeholder ``_C`` module instead;
+    A pure-Python detectron2 (see dev/setup_env.py) has a placeholder ``_C`` module instead;
     deciding from the module's file type keeps this independent of detectron2's version.
     """
     spec = importlib.util.find_spec("detectron2._C")

@@ -4,7 +4,7 @@ Create the project's virtual environment and install what dd-detectron needs.
 
 Run by ``make setup`` (and so by ``make demo`` / ``make test``) with the system interpreter::
 
-    python3 tools/setup_env.py --venv .venv
+    python3 dev/setup_env.py --venv .venv
 
 Steps, each skipped when already done, so a second run changes nothing:
 
@@ -83,7 +83,7 @@ COMPAT_RULES = [
 ALWAYS_PINS = ["setuptools<81"]
 
 PLACEHOLDER_C = '''"""
-Placeholder for detectron2's compiled extension, written by dd-detectron's tools/setup_env.py.
+Placeholder for detectron2's compiled extension, written by dd-detectron's dev/setup_env.py.
 
 This detectron2 was installed without its C++/CUDA ops (deformable convolution, rotated boxes,
 the fast COCO evaluator). Keypoint R-CNN does not use them: torchvision supplies NMS and
