@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Set
 
 import numpy as np
 
-from ..utils import write_atomic
+from ..utils import atomic_write, write_atomic
 
 __all__ = ["PredictionChunk", "ProgressStore"]
 
@@ -139,12 +139,8 @@ class ProgressStore:
             its path.
         """
         path = os.path.join(self.root, f"chunk-{chunk.first_index:09d}.npz")
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:
             np.savez(f, **chunk.arrays(num_keypoints))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return path
 
     @staticmethod
