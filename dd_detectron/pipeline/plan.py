@@ -7,13 +7,14 @@ from typing import List
 
 from detectron2.config import get_cfg
 
+from ..annotation import OUTPUT_JSON
 from ..config import add_dd_config
 from .stages import Stage
 
 __all__ = ["ABLATIONS", "GENERATED_JSON", "build_stages", "load_stage_config"]
 
 # The annotation stage's output file (tools/annotate_net.py).
-GENERATED_JSON = "person_keypoints_generated.json"
+GENERATED_JSON = OUTPUT_JSON
 ABLATIONS = ("single_view", "finetune", "shifted", "oracle")
 
 
