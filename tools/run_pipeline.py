@@ -7,9 +7,11 @@ Run data distillation end to end from one config: teacher -> annotate -> student
 
 The config's DD.PIPELINE node names the stage configs, the datasets, the seeds and the
 ablations (dd_detectron/config.py). Each stage runs the stand-alone tool (tools/train_net.py,
-tools/annotate_net.py) as a child process, with the launch arguments given here. Finished stages
-are skipped when their inputs have not changed, and an interrupted stage resumes, so rerunning
-the same command after an interruption picks up where it stopped. The report (report.md,
+tools/annotate_net.py) as a child process, with the launch arguments given here. Finished
+stages are skipped when their inputs have not changed, and an interrupted stage resumes, so
+rerunning the same command after an interruption picks up where it stopped. On several machines,
+run the same command on each (--num-machines N --machine-rank R --dist-url tcp://MACHINE0:PORT)
+over a shared output folder; machine 0 writes the stage records and the report. The report (report.md,
 report.json, report.png) is written to DD.PIPELINE.OUTPUT_DIR.
 """
 import logging
@@ -44,9 +46,15 @@ def launch_args(args):
 def main(args):
     cfg = setup(args)
     setup_logger(cfg.DD.PIPELINE.OUTPUT_DIR, name="dd_detectron", abbrev_name="dd")
-    stages = build_stages(cfg)
-    runner = StageRunner(stages, launch_args(args), python=sys.executable, parallel=cfg.DD.PIPELINE.PARALLEL_STAGES)
+    stages = build_stages(cfg, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
+    runner = StageRunner(
+        stages, launch_args(args), python=sys.executable, parallel=cfg.DD.PIPELINE.PARALLEL_STAGES,
+        machine_rank=args.machine_rank,
+    )
     wall_times = runner.run()
+    if args.machine_rank != 0:
+        logger.info("Every stage is done; machine 0 writes the report.")
+        return None
     eval_dataset = ", ".join(load_stage_config(cfg.DD.PIPELINE.TEACHER_CONFIG).DATASETS.TEST)
     report = build_report(cfg.DD.PIPELINE.OUTPUT_DIR, cfg.DD.PIPELINE.SEEDS, wall_times, eval_dataset)
     paths = write_report(report, cfg.DD.PIPELINE.OUTPUT_DIR)

@@ -4,6 +4,7 @@ ablations of DD.PIPELINE.ABLATIONS. Every stage is a command line of a stand-alo
 """
 import os
 from typing import List
+from urllib.parse import urlparse
 
 from detectron2.config import get_cfg
 
@@ -11,7 +12,7 @@ from ..annotation import OUTPUT_JSON
 from ..config import add_dd_config
 from .stages import Stage
 
-__all__ = ["ABLATIONS", "GENERATED_JSON", "build_stages", "load_stage_config"]
+__all__ = ["ABLATIONS", "GENERATED_JSON", "build_stages", "load_stage_config", "annotate_launcher"]
 
 # The annotation stage's output file (tools/annotate_net.py).
 GENERATED_JSON = OUTPUT_JSON
@@ -32,11 +33,50 @@ def _tuple(*names: str) -> str:
     return repr(tuple(names))
 
 
-def build_stages(cfg) -> List[Stage]:
+def annotate_launcher(
+    processes: int, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto"
+):
+    """torchrun's arguments for an annotation stage of ``processes`` processes per machine.
+
+    One machine: a standalone job. Several: ONE job over all of them (each machine runs this
+    with its own node rank), meeting at machine 0's address and port from --dist-url, so the
+    images are sharded over every process of every machine, none labeled twice.
+
+    Returns:
+        (launcher, node_args): the interpreter arguments that are the same on every machine,
+        and those that differ between them (the node rank; kept out of the stage fingerprint).
+    """
+    if processes <= 1:
+        return [], []
+    run = ["-m", "torch.distributed.run"]
+    if num_machines == 1:
+        return [*run, "--standalone", f"--nproc_per_node={processes}"], []
+    url = urlparse(dist_url)
+    if url.scheme != "tcp" or not url.hostname or not url.port:
+        raise ValueError(
+            f"DD.PIPELINE.ANNOTATE_PROCESSES = {processes} on {num_machines} machines starts one "
+            f"torchrun job over all machines: give --dist-url tcp://HOST:PORT (machine 0's address "
+            f"and a free port), got {dist_url!r}."
+        )
+    launcher = [
+        *run,
+        f"--nnodes={num_machines}",
+        f"--nproc_per_node={processes}",
+        f"--master_addr={url.hostname}",
+        f"--master_port={url.port}",
+    ]
+    return launcher, [f"--node_rank={machine_rank}"]
+
+
+def build_stages(
+    cfg, num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto"
+) -> List[Stage]:
     """The stages of a pipeline config, in the order they must run.
 
     Args:
         cfg: a config with the DD.PIPELINE node filled in.
+        num_gpus, num_machines, machine_rank, dist_url: the launch arguments the stages run
+            with (tools/run_pipeline.py's).
 
     Returns:
         the stages; names are "seed<k>/<row>" with rows teacher, labels_multiview, student,
@@ -65,9 +105,15 @@ def build_stages(cfg) -> List[Stage]:
     views = len(teacher_cfg.TEST.AUG.MIN_SIZES) * (2 if teacher_cfg.TEST.AUG.FLIP else 1)
     if p.ANNOTATE_PROCESSES < 0:
         raise ValueError(f"DD.PIPELINE.ANNOTATE_PROCESSES must be >= 0, got {p.ANNOTATE_PROCESSES}")
-    annotate_launcher = (
-        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={p.ANNOTATE_PROCESSES}"]
-        if p.ANNOTATE_PROCESSES > 1 else []
+    if p.PARALLEL_STAGES > 1 and (num_gpus > 1 or num_machines > 1):
+        # Two multi-process stages at once would share the GPUs and the --dist-url port.
+        raise ValueError(
+            f"DD.PIPELINE.PARALLEL_STAGES = {p.PARALLEL_STAGES} runs stages side by side, which is "
+            f"for CPUs: with --num-gpus {num_gpus} and --num-machines {num_machines}, every stage "
+            "uses all GPUs and the --dist-url port. Use DD.PIPELINE.PARALLEL_STAGES 1."
+        )
+    launcher, node_args = annotate_launcher(
+        p.ANNOTATE_PROCESSES, num_machines, machine_rank, dist_url
     )
 
     def train_work(c):
@@ -120,7 +166,8 @@ def build_stages(cfg) -> List[Stage]:
                     config_files=[p.TEACHER_CONFIG],
                     depends_on=[name("teacher")],
                     work=float(views if multiview else 1),
-                    launcher=annotate_launcher,
+                    launcher=launcher,
+                    node_args=node_args,
                 )
             )
 
