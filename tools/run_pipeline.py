@@ -11,8 +11,8 @@ tools/annotate_net.py) as a child process, with the launch arguments given here.
 stages are skipped when their inputs have not changed, and an interrupted stage resumes, so
 rerunning the same command after an interruption picks up where it stopped. On several machines,
 run the same command on each (--num-machines N --machine-rank R --dist-url tcp://MACHINE0:PORT)
-over a shared output folder; machine 0 writes the stage records and the report. The report (report.md,
-report.json, report.png) is written to DD.PIPELINE.OUTPUT_DIR.
+over a shared output folder; machine 0 writes the stage records and the report (report.md,
+report.json, report.png, in DD.PIPELINE.OUTPUT_DIR).
 """
 import logging
 import sys
