@@ -147,23 +147,27 @@ def test_cuda_with_more_processes_than_gpus_fails_at_once(monkeypatch):
 
 
 def test_both_paths_set_the_process_group_timeout(monkeypatch):
-    """torchrun path: init_process_group gets it; launch path: detectron2's launch gets it."""
-    assert dd_launch.PROCESS_GROUP_TIMEOUT.total_seconds() >= 6 * 3600
+    """Issue 10, item 4. torchrun path: init_process_group gets it; launch path: detectron2's
+    launch gets it; on both, detectron2's gloo group for Python objects gets it."""
+    timeout = dd_launch.PROCESS_GROUP_TIMEOUT
+    assert timeout.total_seconds() >= 6 * 3600
     args = argparse.Namespace(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto")
-    launched = {}
+    launched, ran = {}, []
     monkeypatch.setattr(
-        dd_launch, "detectron2_launch", lambda main, n, **kw: launched.update(kw, n=n)
+        dd_launch, "detectron2_launch", lambda main, n, **kw: launched.update(kw, main=main)
     )
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)
-    dd_launch.launch_or_join(lambda a: None, args, device="cpu")
-    assert launched["timeout"] == dd_launch.PROCESS_GROUP_TIMEOUT and launched["args"] == (args,)
+    dd_launch.launch_or_join(ran.append, args, device="cpu")
+    assert launched["timeout"] == timeout and launched["args"] == (args,)
+    launched["main"](args)  # what every launched process runs: main, with the timeouts
+    assert ran == [args]
 
     # torchrun's variables for a job of one process: a real gloo group, joined in this process.
     for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())).items():
         monkeypatch.setenv(key, value)
-    seen, ran, exited = {}, [], []
+    seen, exited = {}, []
     real_init = dist.init_process_group
 
     def spy(*a, **kw):
@@ -172,9 +176,25 @@ def test_both_paths_set_the_process_group_timeout(monkeypatch):
 
     monkeypatch.setattr(dist, "init_process_group", spy)
     monkeypatch.setattr(dd_launch, "_exit_now", lambda: exited.append(True))
-    dd_launch.launch_or_join(lambda a: ran.append(a), args, device="cpu")
-    assert seen["timeout"] == dd_launch.PROCESS_GROUP_TIMEOUT and seen["backend"] == "gloo"
-    assert ran == [args] and exited == [True] and not dist.is_initialized()
+    dd_launch.launch_or_join(ran.append, args, device="cpu")
+    assert seen["timeout"] == timeout and seen["backend"] == "gloo"
+    assert ran == [args, args] and exited == [True] and not dist.is_initialized()
+
+
+def test_detectron2_object_collectives_get_the_timeout_on_nccl(monkeypatch):
+    """detectron2 makes its own gloo group for comm.gather with torch's 30 min default; on an
+    NCCL job (emulated: 2 processes, NCCL backend) it gets PROCESS_GROUP_TIMEOUT instead."""
+    from detectron2.utils import comm
+
+    monkeypatch.setattr(comm, "_get_global_gloo_group", comm._get_global_gloo_group)  # restored
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    made = []
+    monkeypatch.setattr(dist, "new_group", lambda **kw: made.append(kw) or "gloo-group")
+    dd_launch.use_gloo_group_timeout()
+    assert made == [{"backend": "gloo", "timeout": dd_launch.PROCESS_GROUP_TIMEOUT}]
+    assert comm._get_global_gloo_group() == "gloo-group"
 
 
 # ------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ On the torchrun path the backend and the device follow ``MODEL.DEVICE``: gloo on
 when GPUs are visible), NCCL on CUDA with one GPU per local process.
 """
 import datetime
+import functools
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ __all__ = [
     "launched_by_torchrun",
     "init_distributed_from_env",
     "shutdown_distributed",
+    "use_gloo_group_timeout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,28 @@ def init_distributed_from_env(
     )
 
 
+def use_gloo_group_timeout(timeout: datetime.timedelta = PROCESS_GROUP_TIMEOUT) -> None:
+    """Give detectron2's object collectives the process-group timeout too. Call it in every
+    process of a job, after the job's process group exists.
+
+    detectron2 (0.6 and later) gathers Python objects (``comm.gather`` / ``all_gather``, as the
+    evaluators of ``inference_on_dataset`` do at the end, waiting for the slowest shard) over a
+    gloo group that it creates itself, with torch's default timeout (30 min). On a gloo job that
+    group is the job's own, which has our timeout; on an NCCL job, this makes it one that has.
+    """
+    if not dist.is_initialized() or comm.get_world_size() == 1 or dist.get_backend() == "gloo":
+        return
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    # Divergence from detectron2: its cached group creator, replaced by one with our timeout.
+    comm._get_global_gloo_group = lambda: group
+
+
+def _run_in_job(main: Callable, timeout: datetime.timedelta, args) -> None:
+    """A process of a job started by detectron2's launch: ``main(args)`` with the timeouts."""
+    use_gloo_group_timeout(timeout)
+    main(args)
+
+
 def shutdown_distributed() -> None:
     """Leave the process group together and tear it down.
 
@@ -129,12 +153,12 @@ def launch_or_join(
     """
     if launched_by_torchrun():
         init_distributed_from_env(device, timeout)
-        main(args)
+        _run_in_job(main, timeout, args)
         shutdown_distributed()  # only on success: after an error, torchrun stops the other ranks
         _exit_now()
     else:
         detectron2_launch(
-            main,
+            functools.partial(_run_in_job, main, timeout),
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
