@@ -220,6 +220,12 @@ def test_resume_with_memory_only_settings_is_accepted(data, tmp_path):
         annotate(cfg, model, crashed)
     handle.remove()
     assert ProgressStore(os.path.join(crashed, "progress")).finished_image_ids() == {100, 101}
+    # As an earlier version saved it: with the memory settings in the fingerprint.
+    saved_path = os.path.join(crashed, "progress", ProgressStore.FINGERPRINT)
+    saved = json.loads(_read(saved_path))
+    saved["DD.TTA"].update(CACHE_FEATURES=True, VIEW_BATCH_SIZE=2)
+    with open(saved_path, "w") as f:
+        json.dump(saved, f)
 
     # Features recomputed instead of cached: the same detections, so the same files.
     out = str(tmp_path / "no_cache")

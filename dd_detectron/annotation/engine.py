@@ -73,8 +73,8 @@ PROGRESS_DIR = "progress"
 # fingerprint, so a run stopped by an out-of-memory resumes with lower-memory settings.
 # CACHE_FEATURES recomputes the backbone instead of keeping it: the same detections, bit for
 # bit. VIEW_BATCH_SIZE batches views of one size: the same computation, but a batched
-# convolution may round differently, so detections can move by float rounding (far below
-# 1e-3 px), and an "auto" threshold, a detection score, by as much.
+# convolution may round differently, so boxes, keypoints and scores can move by float rounding
+# (far below 1e-3 px).
 MEMORY_ONLY_KEYS = ("DD.TTA.CACHE_FEATURES", "DD.TTA.VIEW_BATCH_SIZE")
 
 
@@ -127,19 +127,26 @@ def _fingerprint(cfg, settings: AnnotationSettings, num_images: int) -> dict:
     nor are MODEL.DEVICE and MEMORY_ONLY_KEYS)."""
     model = json.loads(json.dumps(cfg.MODEL))
     model.pop("DEVICE", None)
-    tta = json.loads(json.dumps(cfg.DD.TTA))
-    for key in MEMORY_ONLY_KEYS:
-        tta.pop(key[len("DD.TTA."):])
     fp = {
         "MODEL": model,
         "INPUT.FORMAT": cfg.INPUT.FORMAT,
         "TEST.AUG": cfg.TEST.AUG,
         "TEST.DETECTIONS_PER_IMAGE": cfg.TEST.DETECTIONS_PER_IMAGE,
-        "DD.TTA": tta,
+        "DD.TTA": cfg.DD.TTA,
         "DD.ANNOTATE.DATASETS": settings.datasets,
         "num_images": num_images,
     }
-    return json.loads(json.dumps(fp))  # tuples -> lists: compares equal to the saved copy
+    # tuples -> lists: compares equal to the saved copy
+    return _without_memory_keys(json.loads(json.dumps(fp)))
+
+
+def _without_memory_keys(fingerprint: dict) -> dict:
+    """The fingerprint without MEMORY_ONLY_KEYS (also those saved by earlier versions)."""
+    tta = fingerprint.get("DD.TTA")
+    for key in MEMORY_ONLY_KEYS:
+        if isinstance(tta, dict):
+            tta.pop(key[len("DD.TTA."):], None)
+    return fingerprint
 
 
 def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
@@ -224,7 +231,7 @@ def _plan(
     labeled, label_space = _labeled_stats(cfg, settings), _label_space(cfg, settings)
     fingerprint = _fingerprint(cfg, settings, len(images))
     store.write_fingerprint_if_missing(fingerprint)
-    store.check_fingerprint(fingerprint)
+    store.check_fingerprint(fingerprint, normalize=_without_memory_keys)
     earlier = store.chunk_names()  # the one listing of a run
     done = store.finished_image_ids(earlier)
     todo = [r for r in images if r["image_id"] not in done]

@@ -19,7 +19,7 @@ reason), ``num_instances`` (per image), ``boxes`` (N, 4) XYXY, ``scores`` (N,), 
 import json
 import logging
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Set
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 import numpy as np
 
@@ -113,14 +113,21 @@ class ProgressStore:
         if not os.path.exists(self._fingerprint_path()):
             write_atomic(self._fingerprint_path(), json.dumps(fingerprint, indent=1, sort_keys=True))
 
-    def check_fingerprint(self, fingerprint: dict) -> None:
+    def check_fingerprint(
+        self, fingerprint: dict, normalize: Callable[[dict], dict] = lambda fp: fp
+    ) -> None:
         """
+        Args:
+            fingerprint: what produces this run's detections.
+            normalize: applied to the saved fingerprint first (e.g. to drop keys that an
+                earlier version recorded).
+
         Raises:
             ValueError: the directory holds detections made with another setting; the message
                 names the differing keys.
         """
         with open(self._fingerprint_path()) as f:
-            saved = json.load(f)
+            saved = normalize(json.load(f))
         if saved != fingerprint:
             keys = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
             raise ValueError(
