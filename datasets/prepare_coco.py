@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from dd_detectron.data.datasets import datasets_root
 from dd_detectron.data.datasets.coco import FROM_PREPARE, PAPER_SPLITS, get_paper_split
 from dd_detectron.data.datasets.image_folder import BUILTIN_IMAGE_FOLDERS, list_image_files
+from dd_detectron.utils import atomic_write
 
 # Inputs of the writing step, relative to the datasets root.
 VAL2014_KEYPOINTS = "coco/annotations/person_keypoints_val2014.json"
@@ -72,10 +73,8 @@ def read_json(path: str) -> dict:
 def write_json_atomic(path: str, data: dict) -> None:
     """Writes JSON so that a reader never sees a partial file (temp file, then rename)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(data, f, separators=(",", ":"))
-    os.replace(tmp, path)
 
 
 def coco_number(file_name: str) -> str:

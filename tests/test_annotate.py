@@ -374,10 +374,10 @@ def _shard_worker(rank, world_size, port, state_path, labeled_json, unlabeled_js
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from dd_detectron.annotation import init_distributed_from_env, launched_by_torchrun
+    from dd_detectron.engine.launch import init_distributed_from_env, launched_by_torchrun
 
     assert launched_by_torchrun()
-    init_distributed_from_env("gloo")
+    init_distributed_from_env("cpu")
     for name, (json_file, root) in zip(names, (labeled_json, unlabeled_json)):
         register_coco_instances(name, KEYPOINT_META, json_file, root)
     # Another save period than the single-process run: the outputs must not depend on it.

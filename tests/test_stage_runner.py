@@ -175,3 +175,71 @@ def test_report_gains_and_view_comparison(tmp_path):
     assert "| 1 | teacher (labeled only) | 8.00 | 9.00 | 10.00 | 11.00 | 12.00 |" in text
     assert "| sum of stages | 90 |" in text
     assert "Teacher keypoint AP during training (seed 1): \niter 10: 2.00, iter 20: 8.00" in text
+
+
+def test_several_machines_run_one_annotation_job_with_one_fingerprint(monkeypatch):
+    """Issue 10, item 3: with ANNOTATE_PROCESSES > 1 on 2 machines, each machine starts its node
+    of ONE torchrun job (rendezvous at machine 0's --dist-url), not a job of its own."""
+    monkeypatch.chdir(REPO)
+    from dd_detectron.pipeline.plan import build_stages
+
+    cfg = _full_plan_cfg(ANNOTATE_PROCESSES=4, ABLATIONS=(), SEEDS=(1,), PARALLEL_STAGES=1)
+    url = "tcp://10.1.2.3:29517"
+    plans = [build_stages(cfg, 8, 2, rank, url) for rank in (0, 1)]
+    labels = [next(s for s in plan if s.tool == "annotate_net") for plan in plans]
+    for rank, stage in enumerate(labels):
+        assert stage.launcher == ["-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=4",
+                                  "--master_addr=10.1.2.3", "--master_port=29517"]
+        assert stage.node_args == [f"--node_rank={rank}"]
+        command = StageRunner(plans[rank], machine_rank=rank)._command(stage, False)
+        assert command.index(f"--node_rank={rank}") < command.index(f"{REPO}/tools/annotate_net.py")
+    # Both machines agree on what the stage is, so machine 0's record is valid on machine 1.
+    fingerprints = []
+    for plan in plans:
+        runner = StageRunner(plan)
+        for stage in plan:
+            runner.fingerprints[stage.name] = runner.fingerprint(stage)
+        fingerprints.append(runner.fingerprints)
+    assert fingerprints[0] == fingerprints[1]
+    with pytest.raises(ValueError, match=r"give --dist-url tcp://HOST:PORT"):
+        build_stages(cfg, 8, 2, 0, "auto")
+    # One machine: a standalone job, as before.
+    one = next(s for s in build_stages(cfg) if s.tool == "annotate_net")
+    assert one.launcher[2:] == ["--standalone", "--nproc_per_node=4"] and one.node_args == []
+
+
+def test_stages_side_by_side_are_refused_on_gpus_and_machines(monkeypatch):
+    """Issue 10, item 7: two multi-process stages at once would share the --dist-url port."""
+    monkeypatch.chdir(REPO)
+    from dd_detectron.pipeline.plan import build_stages
+
+    cfg = _full_plan_cfg(PARALLEL_STAGES=2)
+    for num_gpus, num_machines in ((2, 1), (1, 2)):
+        refused = r"DD\.PIPELINE\.PARALLEL_STAGES = 2 .* Use DD\.PIPELINE\.PARALLEL_STAGES 1"
+        with pytest.raises(ValueError, match=refused):
+            build_stages(cfg, num_gpus, num_machines, 0, "tcp://127.0.0.1:29500")
+    assert build_stages(cfg)  # on one CPU machine, stages side by side are fine
+
+
+def test_only_machine_0_writes_stage_records_the_others_wait(tmp_path):
+    """Issue 10, item 7: machine 1 runs its part of the stage, writes no record, and goes on
+    only once machine 0's record of that stage is there."""
+    stages = [_stage(tmp_path, "teacher"), _stage(tmp_path, "student", ["teacher"])]
+    runner = ScriptRunner(stages, python=sys.executable, machine_rank=1)
+    looked = []
+
+    def machine_0_writes(seconds):
+        # Called only while machine 1 waits: machine 0 finishes the stage now.
+        name = [s.name for s in stages if s.name not in looked][0]
+        looked.append(name)
+        stage = next(s for s in stages if s.name == name)
+        record = {"fingerprint": runner.fingerprints[name], "wall_time_s": 1.0, "by": "machine 0"}
+        (Path(stage.output_dir) / STAGE_RECORD).write_text(json.dumps(record))
+
+    runner._sleep = machine_0_writes
+    runner.run()
+    assert looked == ["teacher", "student"]  # it waited for each record, in order
+    for name in looked:
+        assert json.loads((tmp_path / name / STAGE_RECORD).read_text())["by"] == "machine 0"
+        assert (tmp_path / name / "pipeline_stage.machine1.log").exists()
+        assert not (tmp_path / name / "pipeline_stage.log").exists()

@@ -8,36 +8,29 @@ of hard labels (plus a statistics report and a calibration plot), for training a
         TEST.AUG.ENABLED True DD.ANNOTATE.DATASETS '("synthetic_kp_unlabeled",)'
     torchrun --nproc_per_node 2 tools/annotate_net.py --config-file CFG --output DIR ...  # CPUs
     python tools/annotate_net.py --num-gpus 8 --config-file CFG --output DIR ...          # GPUs
+    torchrun --nproc_per_node 8 tools/annotate_net.py --config-file CFG --output DIR ...  # GPUs
 
 Which images: DD.ANNOTATE.DATASETS. Views: TEST.AUG when TEST.AUG.ENABLED, else plain inference.
 Selection: DD.ANNOTATE.SCORE_THRESH / KEYPOINT_THRESH ("auto" calibrates against DATASETS.TRAIN)
 and MIN_KEYPOINTS. Rerunning the same command resumes an interrupted run. Outputs in DIR:
 person_keypoints_generated.json, annotation_stats.json, calibration.png (see
 dd_detectron/annotation/engine.py); with --truth DATASET also label_quality.json, the labels'
-box and keypoint AP against that dataset's true labels.
+box and keypoint AP against that dataset's true labels (all written by
+dd_detectron.annotation.annotate).
 """
-import json
 import logging
-import os
-import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from dd_detectron import add_dd_config
-from dd_detectron.annotation import (
-    OUTPUT_JSON,
-    annotate,
-    init_distributed_from_env,
-    label_quality,
-    launched_by_torchrun,
-    shutdown_distributed,
-)
+from dd_detectron.annotation import annotate
 from dd_detectron.data import register_path_datasets
+from dd_detectron.engine import launch_or_join
 
 logger = logging.getLogger("dd_detectron.annotate_net")
 
@@ -59,13 +52,20 @@ def quote_thresholds(opts):
     return opts
 
 
-def setup(args):
-    """Build the frozen config from --config-file, --output and trailing KEY VALUE pairs."""
+def merged_config(args):
+    """The config of --config-file, --output and trailing KEY VALUE pairs, not frozen, not set
+    up."""
     cfg = get_cfg()
     add_dd_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(quote_thresholds(args.opts))
     cfg.OUTPUT_DIR = args.output
+    return cfg
+
+
+def setup(args):
+    """Build the frozen config from --config-file, --output and trailing KEY VALUE pairs."""
+    cfg = merged_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup configures only detectron2's logger; dd_detectron's goes to the same log.
@@ -80,14 +80,7 @@ def main(args):
         raise ValueError("MODEL.WEIGHTS is empty: give the teacher's checkpoint (MODEL.WEIGHTS path/to/model.pth).")
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    results = annotate(cfg, model, args.output)
-    if comm.is_main_process() and args.truth:
-        quality = label_quality(
-            os.path.join(args.output, OUTPUT_JSON), args.truth, cfg.TEST.KEYPOINT_OKS_SIGMAS
-        )
-        with open(os.path.join(args.output, "label_quality.json"), "w") as f:
-            json.dump(quality, f, indent=1)
-        results["label_quality"] = quality
+    results = annotate(cfg, model, args.output, truth=args.truth or None)
     if comm.is_main_process():
         logger.info("Annotation results: %s", results)
     return results
@@ -106,24 +99,5 @@ def argument_parser():
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
-    if launched_by_torchrun():
-        # torchrun started the processes: join them (gloo on CPU), as launch() would have.
-        init_distributed_from_env()
-        main(args)
-        shutdown_distributed()  # only on success: after an error, torchrun stops the other ranks
-        # Everything is written. Leave without the interpreter's teardown, which can still abort a
-        # finished gloo process (SIGABRT, "terminate called without an active exception") and
-        # so fail a complete run.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    else:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+    # Spawns the processes (--num-gpus, --num-machines), or joins those torchrun started.
+    launch_or_join(main, args, device=merged_config(args).MODEL.DEVICE)

@@ -7,10 +7,12 @@ Run data distillation end to end from one config: teacher -> annotate -> student
 
 The config's DD.PIPELINE node names the stage configs, the datasets, the seeds and the
 ablations (dd_detectron/config.py). Each stage runs the stand-alone tool (tools/train_net.py,
-tools/annotate_net.py) as a child process, with the launch arguments given here. Finished stages
-are skipped when their inputs have not changed, and an interrupted stage resumes, so rerunning
-the same command after an interruption picks up where it stopped. The report (report.md,
-report.json, report.png) is written to DD.PIPELINE.OUTPUT_DIR.
+tools/annotate_net.py) as a child process, with the launch arguments given here. Finished
+stages are skipped when their inputs have not changed, and an interrupted stage resumes, so
+rerunning the same command after an interruption picks up where it stopped. On several machines,
+run the same command on each (--num-machines N --machine-rank R --dist-url tcp://MACHINE0:PORT)
+over a shared output folder; machine 0 writes the stage records and the report (report.md,
+report.json, report.png, in DD.PIPELINE.OUTPUT_DIR).
 """
 import os
 import sys
@@ -44,7 +46,9 @@ def main(args):
     cfg = setup(args)
     setup_logger(cfg.DD.PIPELINE.OUTPUT_DIR, name="dd_detectron", abbrev_name="dd")
     config_dir = os.path.dirname(args.config_file)
-    stages = build_stages(cfg, config_dir)
+    stages = build_stages(
+        cfg, config_dir, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url
+    )
     runner = StageRunner(
         stages,
         # The other tools lie beside this one.
@@ -52,8 +56,12 @@ def main(args):
         launch_args=launch_args(args),
         python=sys.executable,
         parallel=cfg.DD.PIPELINE.PARALLEL_STAGES,
+        machine_rank=args.machine_rank,
     )
     wall_times = runner.run()
+    if args.machine_rank != 0:
+        sys.stdout.write("Every stage is done; machine 0 writes the report.\n")
+        return None
     teacher_config = resolve_config_path(cfg.DD.PIPELINE.TEACHER_CONFIG, config_dir)
     eval_dataset = ", ".join(load_stage_config(teacher_config).DATASETS.TEST)
     report = build_report(cfg.DD.PIPELINE.OUTPUT_DIR, cfg.DD.PIPELINE.SEEDS, wall_times, eval_dataset)

@@ -7,6 +7,7 @@ Same interface as detectron2's tools/train_net.py:
     python tools/train_net.py --config-file configs/Synthetic/teacher_nR18-FPN_2k_labeled.yaml
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file CFG --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    torchrun --nproc_per_node 8 tools/train_net.py --config-file CFG SOLVER.IMS_PER_BATCH 16
 
 Keypoint AP comes from detectron2's COCOEvaluator on DATASETS.TEST. With TEST.AUG.ENABLED True,
 the same evaluation runs once more through the multi-view keypoint ensembler (TEST.AUG views,
@@ -18,24 +19,30 @@ import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, hooks, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from dd_detectron import add_dd_config
 from dd_detectron.data import register_path_datasets
-from dd_detectron.engine import DDTrainer, apply_student_init
+from dd_detectron.engine import DDTrainer, apply_student_init, launch_or_join
 
 logger = logging.getLogger("dd_detectron.train_net")
 
 
-def setup(args):
-    """Build the frozen config from --config-file and trailing KEY VALUE pairs."""
+def merged_config(args):
+    """The config of --config-file and trailing KEY VALUE pairs, not frozen, not set up."""
     cfg = get_cfg()
     add_dd_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    return cfg
+
+
+def setup(args):
+    """Build the frozen config from --config-file and trailing KEY VALUE pairs."""
+    cfg = merged_config(args)
     # Before freezing: INIT="teacher" rewrites MODEL.WEIGHTS, so config.yaml says what is loaded.
     # Not with --eval-only, where MODEL.WEIGHTS names the model to evaluate.
     student_init = None if args.eval_only else apply_student_init(cfg)
@@ -73,11 +80,5 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    # Spawns the processes (--num-gpus, --num-machines), or joins those torchrun started.
+    launch_or_join(main, args, device=merged_config(args).MODEL.DEVICE)

@@ -1,7 +1,15 @@
 """The annotation stage of Data Distillation: hard COCO keypoint labels for unlabeled images."""
 from .coco_writer import ImageLabels, LabelSpace, write_coco_keypoints_json
-from .distributed import init_distributed_from_env, launched_by_torchrun, shutdown_distributed
-from .engine import CALIBRATION_PNG, OUTPUT_JSON, STATS_JSON, AnnotationSettings, annotate, views_config
+from .engine import (
+    CALIBRATION_PNG,
+    LABEL_QUALITY_JSON,
+    MEMORY_ONLY_KEYS,
+    OUTPUT_JSON,
+    STATS_JSON,
+    AnnotationSettings,
+    annotate,
+    views_config,
+)
 from .quality import label_quality
 from .thresholds import LabeledStats, labeled_statistics, threshold_for_mean
 
@@ -12,6 +20,8 @@ __all__ = [
     "OUTPUT_JSON",
     "STATS_JSON",
     "CALIBRATION_PNG",
+    "LABEL_QUALITY_JSON",
+    "MEMORY_ONLY_KEYS",
     "label_quality",
     "ImageLabels",
     "LabelSpace",
@@ -19,7 +29,4 @@ __all__ = [
     "LabeledStats",
     "labeled_statistics",
     "threshold_for_mean",
-    "init_distributed_from_env",
-    "launched_by_torchrun",
-    "shutdown_distributed",
 ]

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -34,6 +35,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.structures import BoxMode
+
+from ..utils import atomic_write
 
 __all__ = ["LabelSpace", "ImageLabels", "image_labels_to_dataset_dict", "write_coco_keypoints_json"]
 
@@ -210,10 +213,11 @@ def write_coco_keypoints_json(
     Returns:
         (number of images, number of annotations) written.
     """
-    tmp, tmp_annotations = f"{path}.tmp{os.getpid()}", f"{path}.annotations.tmp{os.getpid()}"
     num_images = num_annotations = 0
     categories = None
-    with open(tmp, "w") as out, open(tmp_annotations, "w+") as side:
+    # Annotations wait in an anonymous temporary file (unique, removed on close) until the
+    # images are written.
+    with atomic_write(path) as out, tempfile.TemporaryFile("w+", dir=os.path.dirname(path) or ".") as side:
         out.write('{"info": ' + json.dumps(info) + ', "images": [')
 
         def flush(block):
@@ -243,8 +247,4 @@ def write_coco_keypoints_json(
             category["keypoints"] = list(label_space.keypoint_names)
             category["skeleton"] = [list(pair) for pair in label_space.skeleton]
         out.write('], "categories": ' + json.dumps(categories) + "}\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.remove(tmp_annotations)
-    os.replace(tmp, path)
     return num_images, num_annotations

@@ -1,23 +1,31 @@
 """
 The annotation stage: a teacher labels unlabeled images with hard COCO keypoint labels.
 
-``annotate(cfg, model, output_dir)`` writes into ``output_dir``:
+``annotate(cfg, model, output_dir, truth=...)`` writes every output into ``output_dir``, each
+atomically:
 
 - ``person_keypoints_generated.json``: every readable image of DD.ANNOTATE.DATASETS, with or
   without labels (see coco_writer.py for the conventions);
 - ``annotation_stats.json``: thresholds chosen, instances per image, keypoints per instance,
   score histograms, unreadable images (see report.py);
 - ``calibration.png``: the calibration curves;
+- ``label_quality.json`` (with ``truth``): box and keypoint AP of the labels against the true
+  labels of the same images (quality.py);
 - ``progress/``: the raw detections, saved every DD.ANNOTATE.SAVE_PERIOD images (progress.py).
 
 Views: TEST.AUG (MIN_SIZES, MAX_SIZE, FLIP) through the keypoint ensembler when TEST.AUG.ENABLED;
 otherwise the single view of plain inference (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, no flip),
 through the same ensembler (one view = plain inference, see tests/test_tta.py).
 
-Runs sharded over all processes of the job (detectron2's ``inference_on_dataset``); rank 0 writes
-the outputs. A rerun of the same command resumes: images with saved detections are skipped, and
-the outputs are the same, byte for byte, as those of an uninterrupted or single-process run
-(given the same detections: images are ordered by id, annotation ids assigned in that order).
+Runs sharded over all processes of the job (detectron2's ``inference_on_dataset``). Rank 0 alone
+reads the datasets (the list of images, the labeled statistics), checks the saved progress and
+decides which images are left; every process gets that decision and labels its share. At the end
+rank 0 gets the names of the chunks written (no directory listing, which can lag on a shared
+filesystem) and writes the outputs. A rerun of the same command resumes: images with saved
+detections are skipped, and the outputs are the same, byte for byte, as those of an uninterrupted
+or single-process run (given the same detections: images are ordered by id, annotation ids
+assigned in that order). Settings that change only memory or speed (MEMORY_ONLY_KEYS) may change
+between the runs.
 """
 import itertools
 import json
@@ -39,17 +47,36 @@ from .evaluator import AnnotationEvaluator
 from .inputs import ReadImageOrError, SkipUnreadable, images_to_label
 from .labels import LabelingRule, make_labels
 from .progress import ProgressStore
+from .quality import label_quality
 from .report import labeling_report, plot_calibration
 from .thresholds import LabeledStats, labeled_statistics
 
-__all__ = ["AnnotationSettings", "annotate", "views_config", "OUTPUT_JSON", "STATS_JSON", "CALIBRATION_PNG"]
+__all__ = [
+    "AnnotationSettings",
+    "annotate",
+    "views_config",
+    "OUTPUT_JSON",
+    "STATS_JSON",
+    "CALIBRATION_PNG",
+    "LABEL_QUALITY_JSON",
+    "MEMORY_ONLY_KEYS",
+]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_JSON = "person_keypoints_generated.json"
 STATS_JSON = "annotation_stats.json"
 CALIBRATION_PNG = "calibration.png"
+LABEL_QUALITY_JSON = "label_quality.json"
 PROGRESS_DIR = "progress"
+
+# DD.TTA keys that change memory and speed, not what is computed: left out of the resume
+# fingerprint, so a run stopped by an out-of-memory resumes with lower-memory settings.
+# CACHE_FEATURES recomputes the backbone instead of keeping it: the same detections, bit for
+# bit. VIEW_BATCH_SIZE batches views of one size: the same computation, but a batched
+# convolution may round differently, so boxes, keypoints and scores can move by float rounding
+# (far below 1e-3 px).
+MEMORY_ONLY_KEYS = ("DD.TTA.CACHE_FEATURES", "DD.TTA.VIEW_BATCH_SIZE")
 
 
 @dataclass(frozen=True)
@@ -97,7 +124,8 @@ def views_config(cfg):
 
 
 def _fingerprint(cfg, settings: AnnotationSettings, num_images: int) -> dict:
-    """What determines the saved detections (thresholds are not part of it: they apply later)."""
+    """What determines the saved detections (thresholds are not part of it: they apply later;
+    nor are MODEL.DEVICE and MEMORY_ONLY_KEYS)."""
     model = json.loads(json.dumps(cfg.MODEL))
     model.pop("DEVICE", None)
     fp = {
@@ -109,7 +137,17 @@ def _fingerprint(cfg, settings: AnnotationSettings, num_images: int) -> dict:
         "DD.ANNOTATE.DATASETS": settings.datasets,
         "num_images": num_images,
     }
-    return json.loads(json.dumps(fp))  # tuples -> lists: compares equal to the saved copy
+    # tuples -> lists: compares equal to the saved copy
+    return _without_memory_keys(json.loads(json.dumps(fp)))
+
+
+def _without_memory_keys(fingerprint: dict) -> dict:
+    """The fingerprint without MEMORY_ONLY_KEYS (also those saved by earlier versions)."""
+    tta = fingerprint.get("DD.TTA")
+    for key in MEMORY_ONLY_KEYS:
+        if isinstance(tta, dict):
+            tta.pop(key[len("DD.TTA."):], None)
+    return fingerprint
 
 
 def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
@@ -173,9 +211,49 @@ def _on_main_process_then_share(fn):
     return shared_result
 
 
-def _write_outputs(cfg, settings, labeled, label_space, store, images, output_dir) -> dict:
+@dataclass
+class _Plan:
+    """What rank 0 decides at the start of a run."""
+
+    images: list  # every image to label
+    todo: list  # the images without saved detections
+    earlier_chunks: list  # the chunks of earlier runs
+    labeled: Optional[LabeledStats]
+    label_space: LabelSpace
+
+
+def _plan(
+    cfg, settings: AnnotationSettings, store: ProgressStore, images: Optional[Sequence[dict]]
+) -> _Plan:
+    """Rank 0's part of the start: the images, the progress check, what is left to label."""
+    if images is None:
+        images = images_to_label(settings.datasets)
+    labeled, label_space = _labeled_stats(cfg, settings), _label_space(cfg, settings)
+    fingerprint = _fingerprint(cfg, settings, len(images))
+    store.write_fingerprint_if_missing(fingerprint)
+    store.check_fingerprint(fingerprint, normalize=_without_memory_keys)
+    earlier = store.chunk_names()  # the one listing of a run
+    done = store.finished_image_ids(earlier)
+    todo = [r for r in images if r["image_id"] not in done]
+    return _Plan(images, todo, earlier, labeled, label_space)
+
+
+def _given_images(images: Sequence[dict]) -> list:
+    images = [dict(r, dd_index=i) for i, r in enumerate(images)]
+    if not images:
+        raise ValueError("annotate: the list of images to label is empty.")
+    if len({r["image_id"] for r in images}) != len(images):
+        raise ValueError("annotate: the images to label have duplicate image_id values.")
+    return images
+
+
+def _write_outputs(cfg, settings, plan: _Plan, store, chunk_names, output_dir, truth) -> dict:
     num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
-    labeling = make_labels(store, {r["image_id"]: r for r in images}, settings.rule, labeled, num_keypoints)
+    labeled, label_space, images = plan.labeled, plan.label_space, plan.images
+    labeling = make_labels(
+        store, {r["image_id"]: r for r in images}, settings.rule, labeled, num_keypoints,
+        chunk_names,
+    )
     info = {
         "description": "Hard keypoint labels generated by dd-detectron (Data Distillation).",
         "teacher_weights": cfg.MODEL.WEIGHTS,
@@ -198,7 +276,7 @@ def _write_outputs(cfg, settings, labeled, label_space, store, images, output_di
         "auto" if labeling.score.auto else "fixed", labeling.keypoint.value,
         "auto" if labeling.keypoint.auto else "fixed", len(labeling.failed),
     )
-    return {
+    results = {
         "annotation": {
             "json_file": json_path,
             "images": num_images,
@@ -210,9 +288,21 @@ def _write_outputs(cfg, settings, labeled, label_space, store, images, output_di
             "keypoints_per_instance": report["keypoints_per_instance"]["mean"],
         }
     }
+    if truth:
+        quality = label_quality(json_path, truth, cfg.TEST.KEYPOINT_OKS_SIGMAS)
+        write_atomic(os.path.join(output_dir, LABEL_QUALITY_JSON), json.dumps(quality, indent=1))
+        results["label_quality"] = quality
+    return results
 
 
-def annotate(cfg, model, output_dir: str, *, images: Optional[Sequence[dict]] = None) -> dict:
+def annotate(
+    cfg,
+    model,
+    output_dir: str,
+    *,
+    images: Optional[Sequence[dict]] = None,
+    truth: Optional[str] = None,
+) -> dict:
     """Label the images of DD.ANNOTATE.DATASETS with ``model`` (see the module docstring).
 
     Call it in every process of a job; it shards the images over them.
@@ -224,50 +314,43 @@ def annotate(cfg, model, output_dir: str, *, images: Optional[Sequence[dict]] = 
         output_dir: where the outputs and the progress go.
         images: the images to label instead of DD.ANNOTATE.DATASETS' (dicts with image_id,
             file_name and optionally height, width), e.g. a subset.
+        truth: a registered dataset with the true labels of the same images: also write
+            LABEL_QUALITY_JSON, the labels' box and keypoint AP against it.
 
     Returns:
-        on rank 0, {"annotation": {...summary...}}; on other ranks, {}.
+        on rank 0, {"annotation": {...summary...}} (and "label_quality" with ``truth``); on
+        other ranks, {}.
     """
     settings = AnnotationSettings.from_cfg(cfg)
     cfg = views_config(cfg)
     ensembler = KeypointRCNNWithTTA(cfg, model)  # checks the model and the views first
-    if images is None:
-        images = images_to_label(settings.datasets)
-    else:
-        images = [dict(r, dd_index=i) for i, r in enumerate(images)]
-        if not images:
-            raise ValueError("annotate: the list of images to label is empty.")
-        if len({r["image_id"] for r in images}) != len(images):
-            raise ValueError("annotate: the images to label have duplicate image_id values.")
-    labeled, label_space = _on_main_process_then_share(
-        lambda: (_labeled_stats(cfg, settings), _label_space(cfg, settings))
-    )
-
+    if images is not None:
+        images = _given_images(images)
     os.makedirs(output_dir, exist_ok=True)
     store = ProgressStore(os.path.join(output_dir, PROGRESS_DIR))
-    fingerprint = _fingerprint(cfg, settings, len(images))
-    if comm.is_main_process():
-        store.write_fingerprint_if_missing(fingerprint)
-    comm.synchronize()
-    store.check_fingerprint(fingerprint)
-    done = store.finished_image_ids()
-    # No process may save a chunk before every process has listed the finished images: all
-    # must shard the same list.
-    comm.synchronize()
-    todo = [r for r in images if r["image_id"] not in done]
+
+    # Rank 0 decides; every rank shards the same list of images left to label.
+    plan = None
+
+    def decide():
+        nonlocal plan
+        plan = _plan(cfg, settings, store, images)
+        return plan.todo, len(plan.images)
+
+    todo, num_images = _on_main_process_then_share(decide)
     logger.info(
         "Annotating %d images of %s (%d done in an earlier run), %d views, %d processes.",
-        len(todo), settings.datasets, len(images) - len(todo),
+        len(todo), settings.datasets, num_images - len(todo),
         len(cfg.TEST.AUG.MIN_SIZES) * (2 if cfg.TEST.AUG.FLIP else 1), comm.get_world_size(),
     )
     # Nothing left (a rerun of a finished run): no loader, only the outputs are rewritten.
     loader = build_detection_test_loader(
         todo, mapper=ReadImageOrError(cfg.INPUT.FORMAT), num_workers=cfg.DATALOADER.NUM_WORKERS
     ) if todo else []
-    evaluator = AnnotationEvaluator(
-        store,
-        cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS,
-        settings.save_period,
-        finalize=lambda: _write_outputs(cfg, settings, labeled, label_space, store, images, output_dir),
-    )
-    return inference_on_dataset(SkipUnreadable(ensembler), loader, evaluator)
+    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+    evaluator = AnnotationEvaluator(store, num_keypoints, settings.save_period)
+    written = inference_on_dataset(SkipUnreadable(ensembler), loader, evaluator)
+    if not comm.is_main_process():
+        return {}
+    chunks = plan.earlier_chunks + written["chunks"]
+    return _write_outputs(cfg, settings, plan, store, chunks, output_dir, truth)

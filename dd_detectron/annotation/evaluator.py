@@ -3,7 +3,7 @@ The annotation stage as "an evaluator that writes a file", run by detectron2's
 ``inference_on_dataset`` (which brings progress with ETA and sharding across ranks).
 """
 import logging
-from typing import Callable
+import os
 
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -17,29 +17,27 @@ logger = logging.getLogger(__name__)
 
 class AnnotationEvaluator(DatasetEvaluator):
     """Collects every image's detections compactly and saves them every ``save_period`` images
-    (per process), so an interrupted run loses at most that many; at the end, rank 0 turns all
-    saved detections into the labels.
+    (per process), so an interrupted run loses at most that many; at the end, gathers to rank 0
+    the names of the chunks every process wrote, and counts.
 
     Memory is bounded by ``save_period`` images of detections (no heatmaps, no images).
     """
 
-    def __init__(self, store: ProgressStore, num_keypoints: int, save_period: int, finalize: Callable[[], dict]):
+    def __init__(self, store: ProgressStore, num_keypoints: int, save_period: int):
         """
         Args:
             store: the run's progress directory.
             num_keypoints: K.
             save_period: images per saved chunk, >= 1.
-            finalize: called on rank 0 once every process has saved its last chunk; returns
-                the results dict.
         """
         self._store = store
         self._num_keypoints = num_keypoints
         self._save_period = save_period
-        self._finalize = finalize
         self.reset()
 
     def reset(self):
         self._chunk = PredictionChunk()
+        self._written = []
         self._num_done = 0
         self._num_failed = 0
 
@@ -57,19 +55,29 @@ class AnnotationEvaluator(DatasetEvaluator):
 
     def _save(self):
         if len(self._chunk):
-            self._store.write(self._chunk, self._num_keypoints)
+            path = self._store.write(self._chunk, self._num_keypoints)
+            self._written.append(os.path.basename(path))
             self._chunk = PredictionChunk()
 
     def evaluate(self):
+        """
+        Returns:
+            on rank 0, {"chunks": names of the chunks written by every process in this run,
+            "images": images done, "failed": images that could not be read}; {} elsewhere.
+            Every process's chunks are on disk when rank 0 gets their names (a rank sends them
+            after its last write), so rank 0 opens them by name, never by a directory listing
+            that may lag on a shared filesystem.
+        """
         self._save()
-        # Every process's chunks are on disk before rank 0 reads them; the counts travel to
-        # rank 0 for the log.
-        comm.synchronize()
-        counts = comm.gather((self._num_done, self._num_failed), dst=0)
+        gathered = comm.gather((self._written, self._num_done, self._num_failed), dst=0)
         if not comm.is_main_process():
             return {}
         logger.info(
             "Labeled %d images in this run (%d unreadable), by process: %s",
-            sum(c[0] for c in counts), sum(c[1] for c in counts), [c[0] for c in counts],
+            sum(g[1] for g in gathered), sum(g[2] for g in gathered), [g[1] for g in gathered],
         )
-        return self._finalize()
+        return {
+            "chunks": sorted(name for g in gathered for name in g[0]),
+            "images": sum(g[1] for g in gathered),
+            "failed": sum(g[2] for g in gathered),
+        }

@@ -14,11 +14,12 @@ Three reads of the progress chunks, each holding one chunk's arrays at a time:
    achieved instances per image below the target; the report gives both.
 
 The result depends only on the set of (image, detections) pairs, not on how they were split into
-chunks, processes or runs: images are ordered by id.
+chunks, processes or runs: images are ordered by id. An image held by several chunks counts once
+(the first chunk in name order), for the labels and for the calibration alike.
 """
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -93,8 +94,13 @@ def make_labels(
     rule: LabelingRule,
     labeled: Optional[LabeledStats],
     num_keypoints: int,
+    chunk_names: Optional[Sequence[str]] = None,
 ) -> Labeling:
     """Turn the saved detections into hard labels (see the module docstring).
+
+    An image's detections count once: should an image be in several chunks (e.g. two jobs
+    labeled into one folder), the first chunk in name order that holds it counts, for the
+    labels and for the scores the thresholds are calibrated on, and the others are ignored.
 
     Args:
         store: the run's progress directory, holding every image's detections.
@@ -102,6 +108,7 @@ def make_labels(
         rule: thresholds and the keypoint minimum.
         labeled: statistics of the labeled data; needed for "auto" thresholds.
         num_keypoints: K.
+        chunk_names: the chunk files to read; default: the directory listing.
 
     Returns:
         Labeling.
@@ -110,13 +117,26 @@ def make_labels(
         RuntimeError: some image has no saved detections (the progress directory is not
             complete, e.g. not shared by all processes).
     """
-    # 1. Scores of all detections.
-    scores, sizes, failed = [], {}, []
-    for chunk in store.iter_chunks(("scores",)):
-        scores.append(chunk["scores"])
-        sizes.update({image_id: (h, w) for image_id, h, w in chunk["meta"]["images"]})
-        failed.extend(chunk["meta"]["failed"])
-    missing = set(images) - set(sizes) - {f[0] for f in failed}
+    names = store.chunk_names() if chunk_names is None else sorted(set(chunk_names))
+    # 1. Scores of all detections, and which images of each chunk count (first occurrence).
+    scores, sizes, failed, counted = [], {}, [], []
+    seen = set()
+    for chunk in store.iter_chunks(("num_instances", "scores"), names):
+        owned = []
+        for image_id, h, w in chunk["meta"]["images"]:
+            owned.append(image_id not in seen)
+            if owned[-1]:
+                seen.add(image_id)
+                sizes[image_id] = (h, w)
+        for entry in chunk["meta"]["failed"]:
+            if entry[0] not in seen:
+                seen.add(entry[0])
+                failed.append(entry)
+        owned = np.asarray(owned, dtype=bool)
+        instances = np.repeat(owned, chunk["num_instances"]) if len(owned) else np.zeros(0, bool)
+        counted.append((owned, instances))
+        scores.append(chunk["scores"][instances])
+    missing = set(images) - seen
     if missing:
         example = sorted(missing, key=image_id_sort_key)[:5]
         raise RuntimeError(
@@ -133,8 +153,8 @@ def make_labels(
 
     # 2. Keypoint scores of the instances above the score threshold.
     candidates = [
-        chunk["keypoints"][chunk["scores"] >= score_t, :, 2]
-        for chunk in store.iter_chunks(("scores", "keypoints"))
+        chunk["keypoints"][instances & (chunk["scores"] >= score_t), :, 2]
+        for chunk, (_, instances) in zip(store.iter_chunks(("scores", "keypoints"), names), counted)
     ]
     candidate_kp = np.concatenate(candidates) if candidates else np.zeros((0, num_keypoints), np.float32)
     keypoint = _choose(
@@ -146,9 +166,13 @@ def make_labels(
     # 3. Labels.
     by_id: Dict[object, ImageLabels] = {}
     dropped = 0
-    for chunk in store.iter_chunks(("num_instances", "boxes", "scores", "classes", "keypoints")):
+    arrays = ("num_instances", "boxes", "scores", "classes", "keypoints")
+    for chunk, (owned, _) in zip(store.iter_chunks(arrays, names), counted):
         offsets = np.concatenate([[0], np.cumsum(chunk["num_instances"])])
-        for (image_id, height, width), start, end in zip(chunk["meta"]["images"], offsets[:-1], offsets[1:]):
+        entries = zip(chunk["meta"]["images"], owned, offsets[:-1], offsets[1:])
+        for (image_id, height, width), counts, start, end in entries:
+            if not counts:
+                continue
             sl = slice(int(start), int(end))
             keep = chunk["scores"][sl] >= score_t
             keypoints = chunk["keypoints"][sl][keep]

@@ -5,9 +5,11 @@ The resumable record of an annotation run: raw detections, a few hundred bytes p
 
 - ``fingerprint.json``: what produced the records (model, views, datasets); a rerun with another
   setting refuses to mix its records with these;
-- ``chunk-<index>.npz``: the detections of a group of images, written atomically (temporary file,
-  then ``os.replace``), named after the position of its first image in the list of images to
-  label; an image is in exactly one chunk, so a rerun skips every image that is in one.
+- ``chunk-<index>.npz``: the detections of a group of images, written atomically
+  (``atomic_write``), named after the position of its first image in the list of images to
+  label; a rerun skips every image that is in a chunk. An image is in one chunk when the run
+  went as planned; should one be in several (e.g. two jobs labeling into one folder), the
+  first chunk in name order counts and the others are ignored (labels.py).
 
 Per chunk: ``meta`` (JSON: image ids with their size, and images that could not be read with the
 reason), ``num_instances`` (per image), ``boxes`` (N, 4) XYXY, ``scores`` (N,), ``classes`` (N,),
@@ -17,11 +19,11 @@ reason), ``num_instances`` (per image), ``boxes`` (N, 4) XYXY, ``scores`` (N,), 
 import json
 import logging
 import os
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 import numpy as np
 
-from ..utils import write_atomic
+from ..utils import atomic_write, write_atomic
 
 __all__ = ["PredictionChunk", "ProgressStore"]
 
@@ -111,14 +113,21 @@ class ProgressStore:
         if not os.path.exists(self._fingerprint_path()):
             write_atomic(self._fingerprint_path(), json.dumps(fingerprint, indent=1, sort_keys=True))
 
-    def check_fingerprint(self, fingerprint: dict) -> None:
+    def check_fingerprint(
+        self, fingerprint: dict, normalize: Callable[[dict], dict] = lambda fp: fp
+    ) -> None:
         """
+        Args:
+            fingerprint: what produces this run's detections.
+            normalize: applied to the saved fingerprint first (e.g. to drop keys that an
+                earlier version recorded).
+
         Raises:
             ValueError: the directory holds detections made with another setting; the message
                 names the differing keys.
         """
         with open(self._fingerprint_path()) as f:
-            saved = json.load(f)
+            saved = normalize(json.load(f))
         if saved != fingerprint:
             keys = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
             raise ValueError(
@@ -127,9 +136,19 @@ class ProgressStore:
                 "--output (or delete that progress directory) to start over."
             )
 
-    def chunk_paths(self) -> List[str]:
-        """The finished chunk files, in name order."""
-        names = sorted(n for n in os.listdir(self.root) if n.startswith("chunk-") and n.endswith(".npz"))
+    def chunk_names(self) -> List[str]:
+        """The finished chunk files in the directory listing, in name order.
+
+        On a shared filesystem a listing can lag behind what other machines wrote (NFS clients
+        cache directory listings): list once, on one process, at the start of a run, and pass
+        on the names of the chunks written since (see ``AnnotationEvaluator``).
+        """
+        names = os.listdir(self.root)
+        return sorted(n for n in names if n.startswith("chunk-") and n.endswith(".npz"))
+
+    def chunk_paths(self, names: Optional[Sequence[str]] = None) -> List[str]:
+        """Paths of the chunks ``names`` (default: the listing), in name order."""
+        names = self.chunk_names() if names is None else sorted(set(names))
         return [os.path.join(self.root, n) for n in names]
 
     def write(self, chunk: PredictionChunk, num_keypoints: int) -> str:
@@ -139,12 +158,8 @@ class ProgressStore:
             its path.
         """
         path = os.path.join(self.root, f"chunk-{chunk.first_index:09d}.npz")
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:
             np.savez(f, **chunk.arrays(num_keypoints))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return path
 
     @staticmethod
@@ -152,21 +167,26 @@ class ProgressStore:
         with np.load(path) as data:
             return json.loads(str(data["meta"]))
 
-    def finished_image_ids(self) -> Set:
-        """Ids of every image in a chunk (labeled or failed)."""
+    def finished_image_ids(self, names: Optional[Sequence[str]] = None) -> Set:
+        """Ids of every image in the chunks ``names`` (default: the listing), labeled or failed."""
         done = set()
-        for path in self.chunk_paths():
+        for path in self.chunk_paths(names):
             meta = self.read_meta(path)
             done.update(i for i, _, _ in meta["images"])
             done.update(i for i, _, _ in meta["failed"])
         return done
 
-    def iter_chunks(self, keys=("num_instances", "scores")) -> Iterator[dict]:
-        """Yield each chunk's meta and the arrays in ``keys`` (others are not read)."""
-        for path in self.chunk_paths():
+    def iter_chunks(
+        self, keys=("num_instances", "scores"), names: Optional[Sequence[str]] = None
+    ) -> Iterator[dict]:
+        """Yield each chunk's meta and the arrays in ``keys`` (others are not read), in name order.
+
+        Args:
+            keys: the arrays to read.
+            names: the chunk file names (default: the listing).
+        """
+        for path in self.chunk_paths(names):
             with np.load(path) as data:
                 out = {k: data[k] for k in keys}
                 out["meta"] = json.loads(str(data["meta"]))
             yield out
-
-

@@ -7,6 +7,7 @@ the report reads.
 """
 import os
 from typing import List
+from urllib.parse import urlparse
 
 from detectron2.config import get_cfg
 
@@ -16,6 +17,7 @@ from .stages import Stage
 
 __all__ = [
     "ABLATIONS",
+    "annotate_launcher",
     "TEACHER",
     "LABELS_MULTIVIEW",
     "STUDENT",
@@ -66,13 +68,57 @@ def resolve_config_path(path: str, config_dir: str) -> str:
     return os.path.normpath(os.path.join(config_dir, path))
 
 
-def build_stages(cfg, config_dir: str = "") -> List[Stage]:
+def annotate_launcher(
+    processes: int, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto"
+):
+    """torchrun's arguments for an annotation stage of ``processes`` processes per machine.
+
+    One machine: a standalone job. Several: ONE job over all of them (each machine runs this
+    with its own node rank), meeting at machine 0's address and port from --dist-url, so the
+    images are sharded over every process of every machine, none labeled twice.
+
+    Returns:
+        (launcher, node_args): the interpreter arguments that are the same on every machine,
+        and those that differ between them (the node rank; kept out of the stage fingerprint).
+    """
+    if processes <= 1:
+        return [], []
+    run = ["-m", "torch.distributed.run"]
+    if num_machines == 1:
+        return [*run, "--standalone", f"--nproc_per_node={processes}"], []
+    url = urlparse(dist_url)
+    if url.scheme != "tcp" or not url.hostname or not url.port:
+        raise ValueError(
+            f"DD.PIPELINE.ANNOTATE_PROCESSES = {processes} on {num_machines} machines starts one "
+            f"torchrun job over all machines: give --dist-url tcp://HOST:PORT (machine 0's address "
+            f"and a free port), got {dist_url!r}."
+        )
+    launcher = [
+        *run,
+        f"--nnodes={num_machines}",
+        f"--nproc_per_node={processes}",
+        f"--master_addr={url.hostname}",
+        f"--master_port={url.port}",
+    ]
+    return launcher, [f"--node_rank={machine_rank}"]
+
+
+def build_stages(
+    cfg,
+    config_dir: str = "",
+    num_gpus: int = 1,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+) -> List[Stage]:
     """The stages of a pipeline config, in the order they must run.
 
     Args:
         cfg: a config with the DD.PIPELINE node filled in.
         config_dir: the folder of the pipeline config file; DD.PIPELINE's stage configs are
             relative to it.
+        num_gpus, num_machines, machine_rank, dist_url: the launch arguments the stages run
+            with (tools/run_pipeline.py's).
 
     Returns:
         the stages; names are "seed<k>/<row>" with rows teacher, labels_multiview, student,
@@ -108,9 +154,15 @@ def build_stages(cfg, config_dir: str = "") -> List[Stage]:
     views = num_views(teacher_cfg)
     if p.ANNOTATE_PROCESSES < 0:
         raise ValueError(f"DD.PIPELINE.ANNOTATE_PROCESSES must be >= 0, got {p.ANNOTATE_PROCESSES}")
-    annotate_launcher = (
-        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={p.ANNOTATE_PROCESSES}"]
-        if p.ANNOTATE_PROCESSES > 1 else []
+    if p.PARALLEL_STAGES > 1 and (num_gpus > 1 or num_machines > 1):
+        # Two multi-process stages at once would share the GPUs and the --dist-url port.
+        raise ValueError(
+            f"DD.PIPELINE.PARALLEL_STAGES = {p.PARALLEL_STAGES} runs stages side by side, which is "
+            f"for CPUs: with --num-gpus {num_gpus} and --num-machines {num_machines}, every stage "
+            "uses all GPUs and the --dist-url port. Use DD.PIPELINE.PARALLEL_STAGES 1."
+        )
+    launcher, node_args = annotate_launcher(
+        p.ANNOTATE_PROCESSES, num_machines, machine_rank, dist_url
     )
 
     def train_work(c):
@@ -163,7 +215,8 @@ def build_stages(cfg, config_dir: str = "") -> List[Stage]:
                     config_files=[teacher_config],
                     depends_on=[name(TEACHER)],
                     work=float(views if multiview else 1),
-                    launcher=annotate_launcher,
+                    launcher=launcher,
+                    node_args=node_args,
                 )
             )
 

@@ -10,6 +10,7 @@ import os
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
+from ..annotation import LABEL_QUALITY_JSON
 from ..utils import write_atomic
 from ..utils.plotting import new_figure, png_bytes
 from .plan import (
@@ -95,7 +96,7 @@ def read_final_metrics(output_dir: str) -> Optional[Dict[str, float]]:
 
 
 def _read_label_quality(output_dir: str) -> Optional[dict]:
-    path = os.path.join(output_dir, "label_quality.json")
+    path = os.path.join(output_dir, LABEL_QUALITY_JSON)
     if not os.path.exists(path):
         return None
     with open(path) as f:

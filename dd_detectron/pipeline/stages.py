@@ -8,6 +8,10 @@ decides its output: the command, the contents of its config files (with their _B
 and the fingerprints of the stages it consumes. A later run skips a stage whose fingerprint
 matches, and reruns it (and so everything downstream) otherwise. An interrupted stage resumes:
 training with ``--resume`` (detectron2's last checkpoint), annotation from its saved progress.
+
+On several machines every machine runs the same pipeline (its own --machine-rank) over a shared
+output folder; each stage is one job over all machines. Machine 0 alone writes the stage
+records; the others wait for them.
 """
 import concurrent.futures
 import hashlib
@@ -55,6 +59,8 @@ class Stage:
         work: a size in the stage kind's unit (images seen or images labeled), for the ETA.
         launcher: interpreter arguments that start the tool, e.g. torchrun's module and its
             process count; empty = run the script directly.
+        node_args: launcher arguments that differ between the machines of one job (torchrun's
+            --node_rank); not part of the fingerprint, which all machines share.
     """
 
     name: str
@@ -66,6 +72,7 @@ class Stage:
     work: float = 1.0
     resume_args: List[str] = field(default_factory=list)
     launcher: List[str] = field(default_factory=list)
+    node_args: List[str] = field(default_factory=list)
 
 
 def config_files_digest(paths: Sequence[str]) -> str:
@@ -100,7 +107,15 @@ class StageRunner:
             have finished, in list order). Meant for CPUs: each of N parallel stages gets
             cpu_count / N threads (OMP_NUM_THREADS, unless the caller set it), because on a small
             CPU two one-thread trainings get more done than one two-thread training.
+        machine_rank: this machine's --machine-rank. Machine 0 writes the stage records; the
+            others wait for machine 0's record of each stage they ran.
     """
+
+    # How often, and how long, a machine other than 0 looks for machine 0's record of a stage
+    # both ran (machine 0 writes it once its own processes have exited, and a shared
+    # filesystem may show it late).
+    RECORD_POLL_S = 5.0
+    RECORD_WAIT_S = 3600.0
 
     def __init__(
         self,
@@ -109,6 +124,7 @@ class StageRunner:
         launch_args: Sequence[str] = (),
         python: str = sys.executable,
         parallel: int = 1,
+        machine_rank: int = 0,
     ):
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
@@ -124,6 +140,7 @@ class StageRunner:
         self.launch_args = list(launch_args)
         self.python = python
         self.parallel = parallel
+        self.machine_rank = machine_rank
         self.fingerprints: Dict[str, str] = {}
         self.wall_times: Dict[str, float] = {}
         self.skipped: List[str] = []
@@ -223,9 +240,30 @@ class StageRunner:
         logger.info("Pipeline finished in %s (%d stages skipped)", _hms(time.perf_counter() - start), len(self.skipped))
         return self.wall_times
 
+    @staticmethod
+    def _sleep(seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _wait_for_record(self, stage: Stage) -> None:
+        """On a machine other than 0: wait until machine 0 has recorded the stage as finished."""
+        for _ in range(int(self.RECORD_WAIT_S / self.RECORD_POLL_S) + 1):
+            record = self.finished_record(stage)
+            if record is not None and record.get("fingerprint") == self.fingerprints[stage.name]:
+                return
+            self._sleep(self.RECORD_POLL_S)
+        raise RuntimeError(
+            f"Stage {stage.name} finished on machine {self.machine_rank}, but machine 0 has not "
+            f"recorded it in {os.path.join(stage.output_dir, STAGE_RECORD)} after "
+            f"{self.RECORD_WAIT_S:.0f} s: is the output folder shared by all machines, and did "
+            "machine 0 fail?"
+        )
+
     def _finish(self, stage: Stage, wall: float) -> None:
         self.wall_times[stage.name] = wall
         self._rates.setdefault(stage.tool, []).append(wall / max(stage.work, 1e-9))
+        if self.machine_rank != 0:
+            self._wait_for_record(stage)
+            return
         record = {
             "fingerprint": self.fingerprints[stage.name],
             "wall_time_s": wall,
@@ -238,12 +276,14 @@ class StageRunner:
     def _command(self, stage: Stage, resume: bool) -> List[str]:
         tool = os.path.join(self.tools_dir, stage.tool + ".py")
         return [
-            self.python, *stage.launcher, tool, *self.launch_args, *(stage.resume_args if resume else []), *stage.args
+            self.python, *stage.launcher, *stage.node_args, tool, *self.launch_args,
+            *(stage.resume_args if resume else []), *stage.args,
         ]
 
-    @staticmethod
-    def _log_path(stage: Stage) -> str:
-        return os.path.join(stage.output_dir, "pipeline_stage.log")
+    def _log_path(self, stage: Stage) -> str:
+        # One log per machine: machines share the output folder.
+        machine = f".machine{self.machine_rank}" if self.machine_rank else ""
+        return os.path.join(stage.output_dir, f"pipeline_stage{machine}.log")
 
     def _run_one(self, stage: Stage, cmd: List[str]) -> float:
         os.makedirs(stage.output_dir, exist_ok=True)

@@ -1,3 +1,3 @@
-from .file_io import write_atomic
+from .file_io import atomic_write, unique_temp_name, write_atomic
 
-__all__ = ["write_atomic"]
+__all__ = ["atomic_write", "unique_temp_name", "write_atomic"]
