@@ -9,6 +9,7 @@ import pytest
 from dd_detectron.pipeline.stages import STAGE_RECORD, Stage, StageRunner
 
 REPO = Path(__file__).resolve().parent.parent
+TOOLS = str(REPO / "tools")
 
 # A stand-in tool. It marks that it started; if told to, waits (up to 300 s) for another stage's
 # mark, which only appears if both run at once; then records its thread count and exits.
@@ -56,7 +57,7 @@ def test_parallel_stages_overlap_and_respect_dependencies(tmp_path, monkeypatch)
         _stage(tmp_path, "oracle", wait_for="teacher"),
         _stage(tmp_path, "student", ["labels"]),
     ]
-    wall = ScriptRunner(stages, str(REPO / "tools"), python=sys.executable, parallel=2).run()
+    wall = ScriptRunner(stages, TOOLS, python=sys.executable, parallel=2).run()
     assert set(wall) == {"teacher", "labels", "oracle", "student"}
     # The two independent stages ran at the same time: each saw the other start.
     assert _span(tmp_path, "teacher")["saw_other"] and _span(tmp_path, "oracle")["saw_other"]
@@ -72,7 +73,7 @@ def test_parallel_stages_overlap_and_respect_dependencies(tmp_path, monkeypatch)
 def test_one_stage_at_a_time_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     stages = [_stage(tmp_path, "a"), _stage(tmp_path, "b", wait_for="a")]
-    ScriptRunner(stages, str(REPO / "tools"), python=sys.executable).run()
+    ScriptRunner(stages, TOOLS, python=sys.executable).run()
     assert _started(tmp_path, "b") >= _span(tmp_path, "a")["end"]
     assert _span(tmp_path, "a")["threads"] is None  # the tool's own default
 
@@ -85,7 +86,7 @@ def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
         _stage(tmp_path, "after"),
     ]
     with pytest.raises(RuntimeError, match=r"Stage broken failed \(exit 3\)"):
-        ScriptRunner(stages, str(REPO / "tools"), python=sys.executable, parallel=2).run()
+        ScriptRunner(stages, TOOLS, python=sys.executable, parallel=2).run()
     assert (tmp_path / "slow" / "started").exists()
     assert not (tmp_path / "slow" / "span.json").exists()  # terminated, not waited for
     assert not (tmp_path / "slow" / STAGE_RECORD).exists()  # so it reruns (resumes) next time
@@ -95,27 +96,33 @@ def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
 def test_runner_rejects_bad_order_and_parallelism(tmp_path):
     late = [_stage(tmp_path, "student", ["teacher"]), _stage(tmp_path, "teacher")]
     with pytest.raises(ValueError, match=r"student depends on \['teacher'\], which are not listed before it"):
-        StageRunner(late, str(REPO / "tools"))
+        StageRunner(late, TOOLS)
     with pytest.raises(ValueError, match="parallel must be >= 1, got 0"):
-        StageRunner([_stage(tmp_path, "a")], str(REPO / "tools"), parallel=0)
+        StageRunner([_stage(tmp_path, "a")], TOOLS, parallel=0)
 
 
 FULL = REPO / "configs" / "Synthetic" / "pipeline_nR18-FPN_full.yaml"
 
 
-def _full_plan(**pipeline):
-    """Stage names of the demo-full pipeline config with DD.PIPELINE keys overridden."""
+def _full_plan_cfg(**pipeline):
+    """The demo-full pipeline config with DD.PIPELINE keys overridden."""
     from detectron2.config import get_cfg
 
     from dd_detectron import add_dd_config
-    from dd_detectron.pipeline.plan import build_stages
 
     cfg = get_cfg()
     add_dd_config(cfg)
     cfg.merge_from_file(str(FULL))
     for key, value in pipeline.items():
         cfg.DD.PIPELINE[key] = value
-    return [s.name for s in build_stages(cfg, str(FULL.parent))]
+    return cfg
+
+
+def _full_plan(**pipeline):
+    """Stage names of the demo-full pipeline config with DD.PIPELINE keys overridden."""
+    from dd_detectron.pipeline.plan import build_stages
+
+    return [s.name for s in build_stages(_full_plan_cfg(**pipeline), str(FULL.parent))]
 
 
 def test_ablations_run_on_the_first_seed_unless_told(tmp_path, monkeypatch):
@@ -180,52 +187,50 @@ def test_report_gains_and_view_comparison(tmp_path):
 def test_several_machines_run_one_annotation_job_with_one_fingerprint(monkeypatch):
     """Issue 10, item 3: with ANNOTATE_PROCESSES > 1 on 2 machines, each machine starts its node
     of ONE torchrun job (rendezvous at machine 0's --dist-url), not a job of its own."""
-    monkeypatch.chdir(REPO)
     from dd_detectron.pipeline.plan import build_stages
 
     cfg = _full_plan_cfg(ANNOTATE_PROCESSES=4, ABLATIONS=(), SEEDS=(1,), PARALLEL_STAGES=1)
     url = "tcp://10.1.2.3:29517"
-    plans = [build_stages(cfg, 8, 2, rank, url) for rank in (0, 1)]
+    plans = [build_stages(cfg, str(FULL.parent), 8, 2, rank, url) for rank in (0, 1)]
     labels = [next(s for s in plan if s.tool == "annotate_net") for plan in plans]
     for rank, stage in enumerate(labels):
         assert stage.launcher == ["-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=4",
                                   "--master_addr=10.1.2.3", "--master_port=29517"]
         assert stage.node_args == [f"--node_rank={rank}"]
-        command = StageRunner(plans[rank], machine_rank=rank)._command(stage, False)
-        assert command.index(f"--node_rank={rank}") < command.index(f"{REPO}/tools/annotate_net.py")
+        command = StageRunner(plans[rank], TOOLS, machine_rank=rank)._command(stage, False)
+        assert command.index(f"--node_rank={rank}") < command.index(f"{TOOLS}/annotate_net.py")
     # Both machines agree on what the stage is, so machine 0's record is valid on machine 1.
     fingerprints = []
     for plan in plans:
-        runner = StageRunner(plan)
+        runner = StageRunner(plan, TOOLS)
         for stage in plan:
             runner.fingerprints[stage.name] = runner.fingerprint(stage)
         fingerprints.append(runner.fingerprints)
     assert fingerprints[0] == fingerprints[1]
     with pytest.raises(ValueError, match=r"give --dist-url tcp://HOST:PORT"):
-        build_stages(cfg, 8, 2, 0, "auto")
+        build_stages(cfg, str(FULL.parent), 8, 2, 0, "auto")
     # One machine: a standalone job, as before.
-    one = next(s for s in build_stages(cfg) if s.tool == "annotate_net")
+    one = next(s for s in build_stages(cfg, str(FULL.parent)) if s.tool == "annotate_net")
     assert one.launcher[2:] == ["--standalone", "--nproc_per_node=4"] and one.node_args == []
 
 
 def test_stages_side_by_side_are_refused_on_gpus_and_machines(monkeypatch):
     """Issue 10, item 7: two multi-process stages at once would share the --dist-url port."""
-    monkeypatch.chdir(REPO)
     from dd_detectron.pipeline.plan import build_stages
 
     cfg = _full_plan_cfg(PARALLEL_STAGES=2)
     for num_gpus, num_machines in ((2, 1), (1, 2)):
         refused = r"DD\.PIPELINE\.PARALLEL_STAGES = 2 .* Use DD\.PIPELINE\.PARALLEL_STAGES 1"
         with pytest.raises(ValueError, match=refused):
-            build_stages(cfg, num_gpus, num_machines, 0, "tcp://127.0.0.1:29500")
-    assert build_stages(cfg)  # on one CPU machine, stages side by side are fine
+            build_stages(cfg, str(FULL.parent), num_gpus, num_machines, 0, "tcp://127.0.0.1:29500")
+    assert build_stages(cfg, str(FULL.parent))  # on one CPU machine, side by side is fine
 
 
 def test_only_machine_0_writes_stage_records_the_others_wait(tmp_path):
     """Issue 10, item 7: machine 1 runs its part of the stage, writes no record, and goes on
     only once machine 0's record of that stage is there."""
     stages = [_stage(tmp_path, "teacher"), _stage(tmp_path, "student", ["teacher"])]
-    runner = ScriptRunner(stages, python=sys.executable, machine_rank=1)
+    runner = ScriptRunner(stages, TOOLS, python=sys.executable, machine_rank=1)
     looked = []
 
     def machine_0_writes(seconds):
