@@ -35,7 +35,7 @@ from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
 from ..utils import write_atomic
 from .coco_writer import LabelSpace, write_coco_keypoints_json
 from .evaluator import AnnotationEvaluator
-from .inputs import ReadImageOrError, SkipUnreadable, images_to_label
+from .inputs import SkipUnreadable, annotation_mapper, images_to_label, throughput
 from .labels import LabelingRule, make_labels
 from .progress import ProgressStore
 from .report import labeling_report, plot_calibration
@@ -262,7 +262,7 @@ def annotate(cfg, model, output_dir: str, *, images: Optional[Sequence[dict]] = 
     )
     # Nothing left (a rerun of a finished run): no loader, only the outputs are rewritten.
     loader = build_detection_test_loader(
-        todo, mapper=ReadImageOrError(cfg.INPUT.FORMAT), num_workers=cfg.DATALOADER.NUM_WORKERS
+        todo, mapper=annotation_mapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
     ) if todo else []
     evaluator = AnnotationEvaluator(
         store,
@@ -270,4 +270,8 @@ def annotate(cfg, model, output_dir: str, *, images: Optional[Sequence[dict]] = 
         settings.save_period,
         finalize=lambda: _write_outputs(cfg, settings, labeled, label_space, store, images, output_dir),
     )
-    return inference_on_dataset(SkipUnreadable(ensembler), loader, evaluator)
+    model_runner = SkipUnreadable(ensembler)
+    results = inference_on_dataset(model_runner, loader, evaluator)
+    if results:
+        results["timing"] = throughput(model_runner.timing)  # rank 0's own images
+    return results
