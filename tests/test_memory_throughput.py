@@ -17,8 +17,16 @@ from detectron2.modeling import DatasetMapperTTA
 from detectron2.structures import heatmaps_to_keypoints
 
 from dd_detectron.annotation import STATS_JSON, OUTPUT_JSON, annotate
-from dd_detectron.annotation.inputs import ReadImageOrError, SkipUnreadable, is_out_of_memory, throughput
-from dd_detectron.modeling.test_time_augmentation import KeypointRCNNWithTTA, bounded_heatmaps_to_keypoints
+from dd_detectron.annotation.inputs import (
+    ReadImageOrError,
+    SkipUnreadable,
+    is_out_of_memory,
+    throughput,
+)
+from dd_detectron.modeling.test_time_augmentation import (
+    KeypointRCNNWithTTA,
+    bounded_heatmaps_to_keypoints,
+)
 from test_annotate import data, tiny_cfg as annotate_cfg  # noqa: F401 (data is a fixture)
 from test_tta import H, W, random_image, run, tiny_cfg
 from tiny_keypoint_rcnn import tiny_model
@@ -78,7 +86,9 @@ def test_bounded_decoding_is_detectron2s_when_boxes_fit():
 
 def test_bounded_decoding_lands_near_full_size_decoding(interpolate_sizes):
     maps = _peaked_maps(3)
-    rois = torch.tensor([[10.0, 20.0, 610.0, 470.0], [0.0, 0.0, 100.0, 800.0], [5.0, 5.0, 105.0, 65.0]])
+    rois = torch.tensor(
+        [[10.0, 20.0, 610.0, 470.0], [0.0, 0.0, 100.0, 800.0], [5.0, 5.0, 105.0, 65.0]]
+    )
     exact = heatmaps_to_keypoints(maps, rois)
     interpolate_sizes.clear()
     bounded = bounded_heatmaps_to_keypoints(maps, rois, 128)
@@ -160,8 +170,10 @@ def test_heads_are_back_on_after_a_failed_view(error):
 def test_is_out_of_memory():
     assert is_out_of_memory(torch.cuda.OutOfMemoryError(CUDA_OOM))
     assert is_out_of_memory(RuntimeError(CUDA_OOM))
-    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:83] DefaultCPUAllocator: "
-                                         "can't allocate memory: you tried to allocate 3400000000 bytes"))
+    assert is_out_of_memory(RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:83] DefaultCPUAllocator: can't allocate memory: you "
+        "tried to allocate 3400000000 bytes"
+    ))
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))
@@ -215,7 +227,8 @@ def test_skip_unreadable_stops_on_other_errors():
 
 def test_throughput_helper():
     t = throughput({"data_wait_s": 1.0, "model_s": 3.0, "images": 8})
-    assert t == {"data_wait_s": 1.0, "model_s": 3.0, "images": 8, "images_per_s": 2.0, "wait_share": 0.25}
+    assert t == {"data_wait_s": 1.0, "model_s": 3.0, "images": 8, "images_per_s": 2.0,
+                 "wait_share": 0.25}
     assert throughput({"data_wait_s": 0.0, "model_s": 0.0, "images": 0})["images_per_s"] == 0.0
 
 
@@ -260,7 +273,8 @@ def test_precomputed_views_give_the_same_result(tmp_path):
     record = {"image_id": 1, "file_name": path, "dd_index": 0}
     plain = ReadImageOrError(cfg.INPUT.FORMAT)(record)
     with_views = ReadImageOrError(cfg.INPUT.FORMAT, DatasetMapperTTA(cfg))(record)
-    assert "image" not in with_views and len(with_views["views"]) == len(with_views["transforms"]) == 4
+    assert "image" not in with_views
+    assert len(with_views["views"]) == len(with_views["transforms"]) == 4
     a = ens([plain])[0]["instances"]
     b = ens([with_views])[0]["instances"]
     for field in ("pred_boxes", "scores", "pred_classes", "pred_keypoints"):
@@ -272,8 +286,8 @@ def test_views_in_workers_equal_views_in_main(data, tmp_path):
     labeled, unlabeled = data
     model = tiny_model(annotate_cfg(labeled, unlabeled))
     outputs = {}
-    for name, opts in (("main", ("DD.ANNOTATE.VIEWS_IN_WORKERS", False)),
-                       ("workers", ("DD.ANNOTATE.VIEWS_IN_WORKERS", True, "DATALOADER.NUM_WORKERS", 1))):
+    in_workers = ("DD.ANNOTATE.VIEWS_IN_WORKERS", True, "DATALOADER.NUM_WORKERS", 1)
+    for name, opts in (("main", ("DD.ANNOTATE.VIEWS_IN_WORKERS", False)), ("workers", in_workers)):
         out = str(tmp_path / name)
         results = annotate(annotate_cfg(labeled, unlabeled, *opts), model, out)
         timing = results["timing"]

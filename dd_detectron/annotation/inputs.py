@@ -107,7 +107,8 @@ class ReadImageOrError:
         out["height"], out["width"] = image.shape[:2]
         if self.tta_mapper is not None:
             # The original is not passed on: only its views are used.
-            views = self.tta_mapper({"image": out.pop("image"), "height": out["height"], "width": out["width"]})
+            size = {"height": out["height"], "width": out["width"]}
+            views = self.tta_mapper(dict(size, image=out.pop("image")))
             out["transforms"] = [v.pop("transforms") for v in views]
             out["views"] = views
         return out
@@ -130,7 +131,9 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     message = str(error)
-    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message
+    )
 
 
 def throughput(timing: dict) -> dict:
@@ -181,7 +184,6 @@ class SkipUnreadable(nn.Module):
 
     def _run_one(self, x: dict) -> dict:
         self.timing["images"] += 1
-        error = None
         try:
             output = self.model([x])[0]
             instances = output["instances"]
@@ -195,5 +197,8 @@ class SkipUnreadable(nn.Module):
         # Outside the except block: the exception (and the tensors its frames hold) is gone.
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-        logger.warning("Out of memory on %s (id %s): recorded as failed, skipped.", x["file_name"], x["image_id"])
+        logger.warning(
+            "Out of memory on %s (id %s): recorded as failed, skipped.",
+            x["file_name"], x["image_id"],
+        )
         return {"error": error}

@@ -174,7 +174,9 @@ def keypoint_flip_indices_from_cfg(cfg) -> List[int]:
     )
 
 
-def bounded_heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor, max_size: int) -> torch.Tensor:
+def bounded_heatmaps_to_keypoints(
+    maps: torch.Tensor, rois: torch.Tensor, max_size: int
+) -> torch.Tensor:
     """detectron2's ``heatmaps_to_keypoints`` with each box's decoding frame at most
     ``max_size`` pixels a side.
 
@@ -213,9 +215,11 @@ def bounded_heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor, max_si
     frame_w = widths[large].clamp(max=max_size)
     frame_h = heights[large].clamp(max=max_size)
     zeros = torch.zeros_like(frame_w)
-    decoded = heatmaps_to_keypoints(maps[large], torch.stack([zeros, zeros, frame_w, frame_h], dim=1))
-    decoded[:, :, 0] = decoded[:, :, 0] * (widths[large] / frame_w)[:, None] + rois[large, 0][:, None]
-    decoded[:, :, 1] = decoded[:, :, 1] * (heights[large] / frame_h)[:, None] + rois[large, 1][:, None]
+    frames = torch.stack([zeros, zeros, frame_w, frame_h], dim=1)
+    decoded = heatmaps_to_keypoints(maps[large], frames)
+    x0, y0 = rois[large, 0][:, None], rois[large, 1][:, None]
+    decoded[:, :, 0] = decoded[:, :, 0] * (widths[large] / frame_w)[:, None] + x0
+    decoded[:, :, 1] = decoded[:, :, 1] * (heights[large] / frame_h)[:, None] + y0
     out[large] = decoded
     return out
 
@@ -332,7 +336,8 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         self.cache_features = bool(tta.CACHE_FEATURES)
         if tta.KEYPOINT_DECODE_MAX_SIZE < 0:
             raise ValueError(
-                f"DD.TTA.KEYPOINT_DECODE_MAX_SIZE must be >= 0 (0: no bound), got {tta.KEYPOINT_DECODE_MAX_SIZE}"
+                "DD.TTA.KEYPOINT_DECODE_MAX_SIZE must be >= 0 (0: no bound), got "
+                f"{tta.KEYPOINT_DECODE_MAX_SIZE}"
             )
         self.keypoint_decode_max_size = int(tta.KEYPOINT_DECODE_MAX_SIZE)
         if keypoint_flip_indices is None and cfg.TEST.AUG.FLIP:
@@ -399,10 +404,13 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         Divergence: the base class reads "file_name" again when an input has no "image"; an
         input with precomputed "views" needs none.
         """
-        return [
-            self._inference_one_image(x) if "views" in x else super(KeypointRCNNWithTTA, self).__call__([x])[0]
-            for x in batched_inputs
-        ]
+        outputs = []
+        for x in batched_inputs:
+            if "views" in x:
+                outputs.append(self._inference_one_image(x))
+            else:
+                outputs.extend(super().__call__([x]))
+        return outputs
 
     def _get_augmented_inputs(self, input):
         """The views of an image and their transforms.
@@ -412,7 +420,7 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         """
         if "views" in input:
             if len(input["views"]) != len(input["transforms"]):
-                raise ValueError("An input's precomputed 'views' and 'transforms' differ in length.")
+                raise ValueError("An input's precomputed views and transforms differ in number.")
             return [dict(v) for v in input["views"]], list(input["transforms"])
         return super()._get_augmented_inputs(input)
 
@@ -581,5 +589,6 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         resolution = roi_heads.keypoint_pooler.output_size
         device = merged.pred_boxes.tensor.device
         empty = torch.zeros((0, channels) + tuple(resolution), device=device)
-        _decode_keypoints(roi_heads.keypoint_head.layers(empty), merged, self.keypoint_decode_max_size)
+        logits = roi_heads.keypoint_head.layers(empty)
+        _decode_keypoints(logits, merged, self.keypoint_decode_max_size)
 
