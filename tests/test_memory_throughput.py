@@ -27,7 +27,7 @@ from dd_detectron.modeling.test_time_augmentation import (
     KeypointRCNNWithTTA,
     bounded_heatmaps_to_keypoints,
 )
-from test_annotate import data, tiny_cfg as annotate_cfg  # noqa: F401 (data is a fixture)
+from test_annotate import make_dataset, tiny_cfg as annotate_cfg
 from test_tta import H, W, random_image, run, tiny_cfg
 from tiny_keypoint_rcnn import tiny_model
 
@@ -41,6 +41,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """As test_annotate's: a labeled set; 5 good images (ids 100..104) and 3 unreadable files."""
+    root = tmp_path_factory.mktemp("memory_data")
+    labeled = make_dataset(str(root / "labeled"), 4, seed=1, annotations_per_image=[1, 2, 1, 2])
+    bad = [("truncated.jpg", b"\xff\xd8\xff"), ("not_an_image.jpg", b"hello"),
+           ("missing.jpg", None)]
+    unlabeled = make_dataset(str(root / "unlabeled"), 5, seed=2, extra_files=bad)
+    return labeled, unlabeled
 
 
 # ------------------------------------------------------------------------------------------
