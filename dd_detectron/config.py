@@ -44,6 +44,13 @@ def add_dd_config(cfg: CN) -> None:
     # at most this many. An int >= 0; 0 = automatic: 2 on GPU (a view with its flip), 1 on CPU,
     # where a batch of two runs no faster than two single passes and needs more memory.
     _C.DD.TTA.VIEW_BATCH_SIZE = 0
+    # Keypoints are decoded (detectron2: heatmaps resized to the box, peaks taken there) in a
+    # frame of at most this many pixels a side: a larger box is decoded shrunk to fit and its
+    # peaks scaled back (within side / this many image pixels of full-size decoding), so a box
+    # of a 12-48 MP photo needs ~0.2 GB instead of several GB. An int >= 0; 0 = no bound
+    # (detectron2's decoding for every box). Boxes up to this size decode exactly as detectron2
+    # does. It changes the labels of images with larger boxes (part of the resume fingerprint).
+    _C.DD.TTA.KEYPOINT_DECODE_MAX_SIZE = 1024
 
     # ---------------------------------------------------------------------------------------
     # Annotation of unlabeled data (tools/annotate_net.py)
@@ -67,6 +74,12 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.ANNOTATE.MIN_KEYPOINTS = 1
     # Progress is saved (atomically) every this many images, so an interrupted run resumes.
     _C.DD.ANNOTATE.SAVE_PERIOD = 100
+    # Where the views (TEST.AUG: resized, flipped copies of each image) are made: True = in the
+    # DataLoader's workers (DATALOADER.NUM_WORKERS > 0), in parallel with the model; False = in
+    # the main process, between model calls. True or False; the labels are the same either way.
+    # True passes every image's views through shared memory: with several workers and many large
+    # views, a container needs a /dev/shm of a few GB (docker run --shm-size).
+    _C.DD.ANNOTATE.VIEWS_IN_WORKERS = True
 
     # ---------------------------------------------------------------------------------------
     # Student training on labeled + generated data

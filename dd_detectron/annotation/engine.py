@@ -44,7 +44,7 @@ from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
 from ..utils import write_atomic
 from .coco_writer import LabelSpace, write_coco_keypoints_json
 from .evaluator import AnnotationEvaluator
-from .inputs import ReadImageOrError, SkipUnreadable, images_to_label
+from .inputs import SkipUnreadable, annotation_mapper, images_to_label, throughput
 from .labels import LabelingRule, make_labels
 from .progress import ProgressStore
 from .quality import label_quality
@@ -345,12 +345,15 @@ def annotate(
     )
     # Nothing left (a rerun of a finished run): no loader, only the outputs are rewritten.
     loader = build_detection_test_loader(
-        todo, mapper=ReadImageOrError(cfg.INPUT.FORMAT), num_workers=cfg.DATALOADER.NUM_WORKERS
+        todo, mapper=annotation_mapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
     ) if todo else []
     num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
     evaluator = AnnotationEvaluator(store, num_keypoints, settings.save_period)
-    written = inference_on_dataset(SkipUnreadable(ensembler), loader, evaluator)
+    model_runner = SkipUnreadable(ensembler)
+    written = inference_on_dataset(model_runner, loader, evaluator)
     if not comm.is_main_process():
         return {}
     chunks = plan.earlier_chunks + written["chunks"]
-    return _write_outputs(cfg, settings, plan, store, chunks, output_dir, truth)
+    results = _write_outputs(cfg, settings, plan, store, chunks, output_dir, truth)
+    results["annotation"]["timing"] = throughput(model_runner.timing)  # rank 0's own images
+    return results

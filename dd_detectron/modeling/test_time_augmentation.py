@@ -17,6 +17,7 @@ flipped view's heatmap column ``c`` therefore lies over the image point of colum
 ``aligned=False`` pooler shifts the grid by half a feature pixel and breaks this symmetry.)
 """
 import logging
+from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -27,8 +28,7 @@ from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
-from detectron2.modeling.roi_heads.keypoint_head import keypoint_rcnn_inference
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances, heatmaps_to_keypoints, pairwise_iou
 
 __all__ = [
     "KeypointRCNNWithTTA",
@@ -36,6 +36,7 @@ __all__ = [
     "unflip_keypoint_logits",
     "box_voting",
     "keypoint_flip_indices_from_cfg",
+    "bounded_heatmaps_to_keypoints",
 ]
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,66 @@ def keypoint_flip_indices_from_cfg(cfg) -> List[int]:
     )
 
 
+def bounded_heatmaps_to_keypoints(
+    maps: torch.Tensor, rois: torch.Tensor, max_size: int
+) -> torch.Tensor:
+    """detectron2's ``heatmaps_to_keypoints`` with each box's decoding frame at most
+    ``max_size`` pixels a side.
+
+    detectron2 resizes every box's K heatmaps to the box's size in pixels (bicubic) and takes
+    the peaks there: a 4000-pixel box of a 48 MP photo needs 17 maps of 16M pixels, several
+    times over (the softmax's temporaries), i.e. several GB. A box whose longer side exceeds
+    ``max_size`` is decoded against the same box shrunk (about its top-left corner, each side
+    to at most ``max_size``), and the peaks' x, y are scaled back: they land within about one
+    pixel of that frame (side / max_size image pixels) of the full-size peaks, and the scores
+    (the interpolated logit and the softmax at the peak) are read from the same heatmap.
+    Smaller boxes are decoded exactly as detectron2 does (bit-identical).
+
+    Args:
+        maps: (R, K, S, S) heatmap logits.
+        rois: (R, 4) XYXY boxes in the image.
+        max_size: the bound, in pixels; 0 = none (detectron2's decoding for every box).
+
+    Returns:
+        (R, K, 4): x, y, logit, score, as ``heatmaps_to_keypoints``.
+    """
+    maps, rois = maps.detach(), rois.detach()
+    if max_size <= 0 or len(rois) == 0:
+        return heatmaps_to_keypoints(maps, rois)
+    # The same widths and heights as detectron2's decoding (a box is at least 1 pixel).
+    widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
+    heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
+    large = torch.maximum(widths, heights) > max_size
+    if not bool(large.any()):
+        return heatmaps_to_keypoints(maps, rois)
+    out = maps.new_zeros(len(rois), maps.shape[1], 4)
+    small = ~large
+    if bool(small.any()):
+        # detectron2 decodes box by box: a subset decodes exactly as it does in the whole.
+        out[small] = heatmaps_to_keypoints(maps[small], rois[small])
+    # Each side shrunk to at most max_size (a narrow box keeps its full width).
+    frame_w = widths[large].clamp(max=max_size)
+    frame_h = heights[large].clamp(max=max_size)
+    zeros = torch.zeros_like(frame_w)
+    frames = torch.stack([zeros, zeros, frame_w, frame_h], dim=1)
+    decoded = heatmaps_to_keypoints(maps[large], frames)
+    x0, y0 = rois[large, 0][:, None], rois[large, 1][:, None]
+    decoded[:, :, 0] = decoded[:, :, 0] * (widths[large] / frame_w)[:, None] + x0
+    decoded[:, :, 1] = decoded[:, :, 1] * (heights[large] / frame_h)[:, None] + y0
+    out[large] = decoded
+    return out
+
+
+def _decode_keypoints(logits: torch.Tensor, instances: Instances, max_size: int) -> None:
+    """detectron2's ``keypoint_rcnn_inference`` for one image, decoding in a bounded frame
+    (``bounded_heatmaps_to_keypoints``): sets pred_keypoints (x, y, score) and
+    pred_keypoint_heatmaps (the logits)."""
+    logits = logits.detach()
+    decoded = bounded_heatmaps_to_keypoints(logits, instances.pred_boxes.tensor, max_size)
+    instances.pred_keypoints = decoded[:, :, [0, 1, 3]]
+    instances.pred_keypoint_heatmaps = logits
+
+
 def _is_flipped(tfm) -> bool:
     # Same test as detectron2's transform_keypoint_annotations: an odd number of h-flips.
     return sum(isinstance(t, HFlipTransform) for t in tfm.transforms) % 2 == 1
@@ -203,8 +264,14 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
        box mapped into that view; flipped views un-flipped with the keypoint flip map; combined
        (``DD.TTA.KEYPOINT_REDUCE``, optionally size-dependent: ``DD.TTA.SCALE_SIZE_DEP``,
        ``AREA_TH``) one view at a time, each view's features freed when it is done;
-    5. decoding by detectron2's ``keypoint_rcnn_inference`` on the merged boxes, in image
-       coordinates: ``pred_keypoints`` (x, y, score) as plain inference reports them.
+    5. decoding as detectron2's ``keypoint_rcnn_inference`` on the merged boxes, in image
+       coordinates: ``pred_keypoints`` (x, y, score) as plain inference reports them; boxes
+       larger than ``DD.TTA.KEYPOINT_DECODE_MAX_SIZE`` are decoded in a bounded frame
+       (``bounded_heatmaps_to_keypoints``), so a huge photo does not need GBs per box.
+
+    Views made elsewhere (in the DataLoader's workers, ``annotation/inputs.py``) are used as
+    they come: an input with "views" and "transforms" (lists, as ``tta_mapper`` makes them)
+    needs no "image", and ``tta_mapper`` is not called for it.
 
     Output: ``{"instances": Instances}`` with pred_boxes, scores, pred_classes, pred_keypoints,
     pred_keypoint_heatmaps (the combined logits), in the input's ``height`` x ``width``.
@@ -267,6 +334,12 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         self.scale_size_dep = bool(tta.SCALE_SIZE_DEP)
         self.area_th = float(tta.AREA_TH)
         self.cache_features = bool(tta.CACHE_FEATURES)
+        if tta.KEYPOINT_DECODE_MAX_SIZE < 0:
+            raise ValueError(
+                "DD.TTA.KEYPOINT_DECODE_MAX_SIZE must be >= 0 (0: no bound), got "
+                f"{tta.KEYPOINT_DECODE_MAX_SIZE}"
+            )
+        self.keypoint_decode_max_size = int(tta.KEYPOINT_DECODE_MAX_SIZE)
         if keypoint_flip_indices is None and cfg.TEST.AUG.FLIP:
             keypoint_flip_indices = keypoint_flip_indices_from_cfg(cfg)
         num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
@@ -322,8 +395,52 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
             self._set_empty_keypoints(merged)
         else:
             logits = self._reduce_keypoint_logits(augmented_inputs, tfms, batches, cached, merged, orig_shape)
-            keypoint_rcnn_inference(logits, [merged])
+            _decode_keypoints(logits, merged, self.keypoint_decode_max_size)
         return {"instances": merged}
+
+    def __call__(self, batched_inputs):
+        """Same input/output format as ``GeneralizedRCNN.forward``.
+
+        Divergence: the base class reads "file_name" again when an input has no "image"; an
+        input with precomputed "views" needs none.
+        """
+        outputs = []
+        for x in batched_inputs:
+            if "views" in x:
+                outputs.append(self._inference_one_image(x))
+            else:
+                outputs.extend(super().__call__([x]))
+        return outputs
+
+    def _get_augmented_inputs(self, input):
+        """The views of an image and their transforms.
+
+        Divergence: precomputed views (input["views"], input["transforms"]) are used as they are;
+        otherwise, as the base class, ``tta_mapper`` makes them here.
+        """
+        if "views" in input:
+            if len(input["views"]) != len(input["transforms"]):
+                raise ValueError("An input's precomputed views and transforms differ in number.")
+            return [dict(v) for v in input["views"]], list(input["transforms"])
+        return super()._get_augmented_inputs(input)
+
+    @contextmanager
+    def _turn_off_roi_heads(self, attrs):
+        """Switch the named heads of ``model.roi_heads`` off for the block.
+
+        Divergence: the base class switches them back on only when the block ends normally; an
+        exception in one view (e.g. an out-of-memory) would leave the keypoint head off for
+        every later image. Here they are switched back on in any case.
+        """
+        roi_heads = self.model.roi_heads
+        old = {attr: getattr(roi_heads, attr) for attr in attrs if hasattr(roi_heads, attr)}
+        for attr in old:
+            setattr(roi_heads, attr, False)
+        try:
+            yield
+        finally:
+            for attr, value in old.items():
+                setattr(roi_heads, attr, value)
 
     def _view_batches(self, augmented_inputs) -> List[List[int]]:
         """Group consecutive views of equal image size into batches of at most batch_size.
@@ -472,5 +589,6 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         resolution = roi_heads.keypoint_pooler.output_size
         device = merged.pred_boxes.tensor.device
         empty = torch.zeros((0, channels) + tuple(resolution), device=device)
-        keypoint_rcnn_inference(roi_heads.keypoint_head.layers(empty), [merged])
+        logits = roi_heads.keypoint_head.layers(empty)
+        _decode_keypoints(logits, merged, self.keypoint_decode_max_size)
 
