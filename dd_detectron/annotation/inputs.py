@@ -43,10 +43,9 @@ def images_to_label(dataset_names: Sequence[str]) -> List[dict]:
 
     Raises:
         KeyError: a name is not registered.
-        ValueError: no image at all, an image without image_id, or an image_id in two places.
+        ValueError: no image at all (also for an empty list, which AnnotationSettings refuses
+            first), an image without image_id, or an image_id in two places.
     """
-    if len(dataset_names) == 0:
-        raise ValueError("DD.ANNOTATE.DATASETS is empty: name the unlabeled datasets to label.")
     images, where = [], {}
     for name in dataset_names:
         if name not in DatasetCatalog.list():

@@ -324,8 +324,7 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
                 "MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE must not be empty."
             )
         tta = cfg.DD.TTA
-        if tta.KEYPOINT_REDUCE not in KEYPOINT_REDUCE_MODES:
-            raise ValueError(f"DD.TTA.KEYPOINT_REDUCE must be one of {KEYPOINT_REDUCE_MODES}, got {tta.KEYPOINT_REDUCE!r}")
+        HeatmapReducer(0, tta.KEYPOINT_REDUCE)  # checks the mode now, not at the first image
         if not 0.0 < tta.BOX_VOTING_IOU <= 1.0:
             raise ValueError(f"DD.TTA.BOX_VOTING_IOU must be in (0, 1], got {tta.BOX_VOTING_IOU}")
         self.keypoint_reduce = tta.KEYPOINT_REDUCE
