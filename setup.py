@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """dd-detectron: Data Distillation for human keypoint detection, as a detectron2 extension."""
+
 from setuptools import find_packages, setup
 
 setup(

@@ -24,6 +24,7 @@ atomically and the same inputs always give the same bytes.
 Checking (--check) reads every JSON file of the selected splits and looks for every image they
 list; it exits with status 1 when anything is missing. See datasets/README.md for the tree.
 """
+
 import argparse
 import json
 import os
@@ -137,10 +138,15 @@ def prepare(root: str) -> Dict[str, dict]:
     # keypoint files; keypoint training skips them), and all of their annotations.
     co35_images = [img for img in val2014["images"] if img["id"] not in minival]
     co35_ids = {img["id"] for img in co35_images}
-    co35_annotations = [ann for ann in val2014.get("annotations", []) if ann["image_id"] in co35_ids]
+    co35_annotations = [
+        ann for ann in val2014.get("annotations", []) if ann["image_id"] in co35_ids
+    ]
     co35 = OrderedDict(
-        info=_info(val2014, f"COCO 2014 val minus minival (co-35): {VAL2014_KEYPOINTS} without the "
-                            f"images of {minival_source}; written by dd-detectron datasets/prepare_coco.py"),
+        info=_info(
+            val2014,
+            f"COCO 2014 val minus minival (co-35): {VAL2014_KEYPOINTS} without the "
+            f"images of {minival_source}; written by dd-detectron datasets/prepare_coco.py",
+        ),
         licenses=val2014.get("licenses", []),
         images=co35_images,
         annotations=co35_annotations,
@@ -152,26 +158,43 @@ def prepare(root: str) -> Dict[str, dict]:
     train2014 = read_json(train2014_path)
     # co-80 for the annotation stage: images and categories only, like COCO's image_info files.
     co80 = OrderedDict(
-        info=_info(train2014, f"COCO 2014 train as unlabeled images (co-80): the images of "
-                              f"{TRAIN2014_KEYPOINTS} without annotations; written by dd-detectron "
-                              "datasets/prepare_coco.py"),
+        info=_info(
+            train2014,
+            f"COCO 2014 train as unlabeled images (co-80): the images of "
+            f"{TRAIN2014_KEYPOINTS} without annotations; written by dd-detectron "
+            "datasets/prepare_coco.py",
+        ),
         licenses=train2014.get("licenses", []),
         images=train2014["images"],
         categories=train2014["categories"],
     )
     write_json_atomic(os.path.join(root, CO80.json_file), co80)
     report = OrderedDict()
-    report["co-35"] = dict(file=os.path.join(root, CO35.json_file), images=len(co35_images),
-                           annotations=len(co35_annotations), minival_source=minival_source,
-                           minival_images=len(minival))
-    report["co-80"] = dict(file=os.path.join(root, CO80.json_file), images=len(train2014["images"]),
-                           annotations=0, true_annotations=len(train2014.get("annotations", [])))
-    report["co-115"] = verify_union(root, co35_images, train2014["images"],
-                                    len(co35_annotations) + len(train2014.get("annotations", [])))
+    report["co-35"] = dict(
+        file=os.path.join(root, CO35.json_file),
+        images=len(co35_images),
+        annotations=len(co35_annotations),
+        minival_source=minival_source,
+        minival_images=len(minival),
+    )
+    report["co-80"] = dict(
+        file=os.path.join(root, CO80.json_file),
+        images=len(train2014["images"]),
+        annotations=0,
+        true_annotations=len(train2014.get("annotations", [])),
+    )
+    report["co-115"] = verify_union(
+        root,
+        co35_images,
+        train2014["images"],
+        len(co35_annotations) + len(train2014.get("annotations", [])),
+    )
     return report
 
 
-def verify_union(root: str, co35_images: List[dict], co80_images: List[dict], num_annotations: int) -> dict:
+def verify_union(
+    root: str, co35_images: List[dict], co80_images: List[dict], num_annotations: int
+) -> dict:
     """Checks that co-35 and co-80 are disjoint and together are co-115, when its file is there.
 
     Args:
@@ -192,7 +215,9 @@ def verify_union(root: str, co35_images: List[dict], co80_images: List[dict], nu
     co80 = {img["id"]: img["file_name"] for img in co80_images}
     both = sorted(set(co35) & set(co80))
     if both:
-        raise SystemExit(f"error: co-35 and co-80 share {len(both)} image ids (e.g. {both[:MAX_NAMED_MISSING]}).")
+        raise SystemExit(
+            f"error: co-35 and co-80 share {len(both)} image ids (e.g. {both[:MAX_NAMED_MISSING]})."
+        )
     co115_data = read_json(co115_path)
     co115 = {img["id"]: img["file_name"] for img in co115_data["images"]}
     union = {**co35, **co80}
@@ -212,8 +237,12 @@ def verify_union(root: str, co35_images: List[dict], co80_images: List[dict], nu
             f"{union[i]} (2014) vs {co115[i]} (2017)."
         )
     co115_annotations = len(co115_data.get("annotations", []))
-    return {"verified": True, "images": len(co115), "annotations_2017": co115_annotations,
-            "annotations_2014": num_annotations}
+    return {
+        "verified": True,
+        "images": len(co115),
+        "annotations_2017": co115_annotations,
+        "annotations_2014": num_annotations,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,19 +287,29 @@ def check(root: str, names: Sequence[str]) -> Tuple[bool, List[str]]:
             ok, listed = False, None
             if split.json_from == FROM_PREPARE:
                 inputs = [VAL2014_KEYPOINTS, TRAIN2014_KEYPOINTS]
-                absent = [os.path.join(root, r) for r in inputs if not os.path.isfile(os.path.join(root, r))]
+                absent = [
+                    os.path.join(root, r)
+                    for r in inputs
+                    if not os.path.isfile(os.path.join(root, r))
+                ]
                 if not any(os.path.isfile(os.path.join(root, r)) for r in MINIVAL_SOURCES):
                     absent.append(" or ".join(os.path.join(root, r) for r in MINIVAL_SOURCES))
                 needs = f"; it needs {', '.join(absent)} first" if absent else ""
-                lines.append(f"MISSING  {tag} {json_path}\n"
-                             f"           write it with: python datasets/prepare_coco.py{needs}")
+                lines.append(
+                    f"MISSING  {tag} {json_path}\n"
+                    f"           write it with: python datasets/prepare_coco.py{needs}"
+                )
             else:
-                lines.append(f"MISSING  {tag} {json_path}\n"
-                             f"           from COCO's {split.download[-1]}: {unpack}")
+                lines.append(
+                    f"MISSING  {tag} {json_path}\n"
+                    f"           from COCO's {split.download[-1]}: {unpack}"
+                )
         if not os.path.isdir(image_root):
             ok = False
-            lines.append(f"MISSING  {tag} {image_root}{os.sep}\n"
-                         f"           the images of COCO's {split.download[0]}: {unpack}")
+            lines.append(
+                f"MISSING  {tag} {image_root}{os.sep}\n"
+                f"           the images of COCO's {split.download[0]}: {unpack}"
+            )
             continue
         if listed is None:
             lines.append(f"ok       {tag} {image_root}{os.sep} (images not checked: no JSON file)")
@@ -279,12 +318,20 @@ def check(root: str, names: Sequence[str]) -> Tuple[bool, List[str]]:
         if missing:
             ok = False
             named = ", ".join(os.path.join(image_root, f) for f in missing[:MAX_NAMED_MISSING])
-            more = f" and {len(missing) - MAX_NAMED_MISSING} more" if len(missing) > MAX_NAMED_MISSING else ""
-            lines.append(f"MISSING  {tag} {len(missing)} of {len(listed)} images listed in {split.json_file}: "
-                         f"{named}{more}\n"
-                         f"           the images of COCO's {split.download[0]}")
+            more = (
+                f" and {len(missing) - MAX_NAMED_MISSING} more"
+                if len(missing) > MAX_NAMED_MISSING
+                else ""
+            )
+            lines.append(
+                f"MISSING  {tag} {len(missing)} of {len(listed)} images listed in {split.json_file}: "
+                f"{named}{more}\n"
+                f"           the images of COCO's {split.download[0]}"
+            )
         else:
-            lines.append(f"ok       {tag} {image_root}{os.sep} (all {len(listed)} listed images present)")
+            lines.append(
+                f"ok       {tag} {image_root}{os.sep} (all {len(listed)} listed images present)"
+            )
     for folder in BUILTIN_IMAGE_FOLDERS:
         if folder.paper_name not in names:
             continue
@@ -295,8 +342,10 @@ def check(root: str, names: Sequence[str]) -> Tuple[bool, List[str]]:
             lines.append(f"ok       {tag} {path}{os.sep} ({len(found)} JPEG/PNG files)")
         else:
             ok = False
-            lines.append(f"MISSING  {tag} {path}{os.sep} (no JPEG/PNG file)\n"
-                         f"           your frames or images, any layout (see datasets/README.md)")
+            lines.append(
+                f"MISSING  {tag} {path}{os.sep} (no JPEG/PNG file)\n"
+                f"           your frames or images, any layout (see datasets/README.md)"
+            )
     return ok, lines
 
 
@@ -315,12 +364,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     Returns:
         the parsed namespace.
     """
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=None, help="datasets root (default: $DETECTRON2_DATASETS, else 'datasets')")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="datasets root (default: $DETECTRON2_DATASETS, else 'datasets')",
+    )
     parser.add_argument("--check", action="store_true", help="verify the tree instead of writing")
     coco_names = [s.paper_name for s in PAPER_SPLITS]
-    parser.add_argument("--splits", nargs="+", default=coco_names, choices=all_names(), metavar="SPLIT",
-                        help=f"--check: the splits to verify, of {all_names()} (default: the COCO ones)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=coco_names,
+        choices=all_names(),
+        metavar="SPLIT",
+        help=f"--check: the splits to verify, of {all_names()} (default: the COCO ones)",
+    )
     return parser.parse_args(argv)
 
 
@@ -340,21 +401,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ok, lines = check(root, args.splits)
         print("\n".join(lines))
         missing = sum(line.startswith("MISSING") for line in lines)
-        print("everything is in place" if ok else f"{missing} missing; see datasets/README.md for the tree")
+        print(
+            "everything is in place"
+            if ok
+            else f"{missing} missing; see datasets/README.md for the tree"
+        )
         return 0 if ok else 1
     report = prepare(root)
     co35, co80 = report["co-35"], report["co-80"]
-    print(f"wrote co-35: {co35['file']}: {co35['images']} images, {co35['annotations']} annotations "
-          f"(minival: {co35['minival_images']} images of {co35['minival_source']} removed)")
-    print(f"wrote co-80: {co80['file']}: {co80['images']} images, 0 annotations "
-          f"(its {co80['true_annotations']} true annotations stay in {TRAIN2014_KEYPOINTS})")
+    print(
+        f"wrote co-35: {co35['file']}: {co35['images']} images, {co35['annotations']} annotations "
+        f"(minival: {co35['minival_images']} images of {co35['minival_source']} removed)"
+    )
+    print(
+        f"wrote co-80: {co80['file']}: {co80['images']} images, 0 annotations "
+        f"(its {co80['true_annotations']} true annotations stay in {TRAIN2014_KEYPOINTS})"
+    )
     union = report["co-115"]
     if union["verified"]:
-        print(f"verified: co-35 and co-80 are disjoint and together are co-115 ({union['images']} images, "
-              f"same ids and file numbers)")
+        print(
+            f"verified: co-35 and co-80 are disjoint and together are co-115 ({union['images']} images, "
+            f"same ids and file numbers)"
+        )
         if union["annotations_2014"] != union["annotations_2017"]:
-            print(f"note: their annotations ({union['annotations_2014']}) and co-115's "
-                  f"({union['annotations_2017']}) differ in number")
+            print(
+                f"note: their annotations ({union['annotations_2014']}) and co-115's "
+                f"({union['annotations_2017']}) differ in number"
+            )
     else:
         print(f"not verified against co-115: {union['reason']}")
     return 0

@@ -7,6 +7,7 @@ front (e.g. before a multi-process run) and can force a regeneration.
     python datasets/prepare_synthetic.py          # all splits, under $DETECTRON2_DATASETS
     python datasets/prepare_synthetic.py --root /tmp/d --splits synthetic_kp_labeled --force
 """
+
 import argparse
 import logging
 import time
@@ -34,11 +35,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", default=None,
-                        help="datasets root (default: $DETECTRON2_DATASETS, else 'datasets')")
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="datasets root (default: $DETECTRON2_DATASETS, else 'datasets')",
+    )
     names = [s.name for s in SYNTHETIC_SPLITS]
-    parser.add_argument("--splits", nargs="+", default=names, choices=names,
-                        help="splits to generate (default: all)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=names,
+        choices=names,
+        help="splits to generate (default: all)",
+    )
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
     return parser.parse_args(argv)
 
@@ -60,8 +69,13 @@ def main(argv=None) -> None:
             continue
         start = time.perf_counter()
         generate_split(spec, root)
-        logger.info("%s: %d images in %.1f s -> %s", name, spec.num_images,
-                    time.perf_counter() - start, files.json_file)
+        logger.info(
+            "%s: %d images in %.1f s -> %s",
+            name,
+            spec.num_images,
+            time.perf_counter() - start,
+            files.json_file,
+        )
 
 
 if __name__ == "__main__":

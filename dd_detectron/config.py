@@ -3,6 +3,7 @@ Config keys of dd-detectron. Everything new lives under a single ``DD`` node; wh
 already has is reused (test-time views: ``TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP``; labeled data:
 ``DATASETS.TRAIN``).
 """
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_dd_config", "parse_threshold", "num_views"]
@@ -36,7 +37,7 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.TTA.SCALE_SIZE_DEP = False
     # Area threshold of SCALE_SIZE_DEP, a float; Detectron's keypoint TTA config used 150^2 on
     # COCO.
-    _C.DD.TTA.AREA_TH = 150.0 ** 2
+    _C.DD.TTA.AREA_TH = 150.0**2
     # True: keep each view's backbone features for the keypoint stage (one backbone pass per
     # view). False: recompute them there (two passes per view, memory bounded by one view).
     _C.DD.TTA.CACHE_FEATURES = True

@@ -23,6 +23,7 @@ Steps, each skipped when already done, so a second run changes nothing:
 
 Only the standard library is used: this script runs before anything is installed.
 """
+
 import argparse
 import hashlib
 import json
@@ -167,7 +168,9 @@ def module_location(python, module: str) -> Optional[Path]:
 
 
 def can_import(python, module: str) -> bool:
-    return subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 0
+    return (
+        subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 0
+    )
 
 
 def sha256_of(path: Path) -> str:
@@ -217,14 +220,18 @@ def download_fallback_sdist(cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     # pip refuses this distribution (see module docstring), so read the index's JSON simple API.
     page = f"{index_simple_url()}/{FALLBACK_PROJECT}/"
-    request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    request = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
     with urllib.request.urlopen(request, timeout=120) as response:
         files = json.load(response)["files"]
     matches = [f for f in files if f["filename"] == FALLBACK_FILENAME]
     if not matches:
         raise SetupError(f"{FALLBACK_FILENAME} is not listed by the package index at {page}")
     partial = target.with_suffix(".partial")
-    with urllib.request.urlopen(matches[0]["url"], timeout=600) as response, open(partial, "wb") as f:
+    with urllib.request.urlopen(matches[0]["url"], timeout=600) as response, open(
+        partial, "wb"
+    ) as f:
         shutil.copyfileobj(response, f)
     verify_sha256(partial, FALLBACK_SHA256)
     os.replace(partial, target)
@@ -253,7 +260,7 @@ def build_fallback_tree(sdist: Path, build_dir: Path, sha256: str = FALLBACK_SHA
         if not members:
             raise SetupError(f"{sdist}: no {prefix} package inside the archive")
         for member in members:
-            rel = member.name[len(prefix):]
+            rel = member.name[len(prefix) :]
             dest = project / "detectron2" / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             with tar.extractfile(member) as src, open(dest, "wb") as out:
@@ -287,7 +294,9 @@ def compat_pins(scan_root: Path) -> List[str]:
     sources = []
     if scan_root.is_file() and scan_root.suffix == ".whl":
         with zipfile.ZipFile(scan_root) as whl:
-            sources = [whl.read(n).decode("utf-8", "replace") for n in whl.namelist() if n.endswith(".py")]
+            sources = [
+                whl.read(n).decode("utf-8", "replace") for n in whl.namelist() if n.endswith(".py")
+            ]
     else:
         sources = [p.read_text(errors="replace") for p in sorted(scan_root.rglob("*.py"))]
     pins = []
@@ -305,7 +314,9 @@ def plan_detectron2(python: Path, source: Optional[str], cache_dir: Path) -> Det
             raise SetupError(f"DETECTRON2_SOURCE={source}: no such file or directory")
         if path.is_file() and path.suffix != ".whl":
             raise SetupError(f"DETECTRON2_SOURCE={source}: expected a source tree or a .whl file")
-        if path.is_dir() and not ((path / "setup.py").exists() or (path / "pyproject.toml").exists()):
+        if path.is_dir() and not (
+            (path / "setup.py").exists() or (path / "pyproject.toml").exists()
+        ):
             raise SetupError(f"DETECTRON2_SOURCE={source}: no setup.py or pyproject.toml in it")
         marker = python.parent.parent / ".dd-detectron2-source"
         installed_from = marker.read_text().strip() if marker.exists() else None
@@ -329,7 +340,9 @@ def ensure_venv(venv: Path) -> Path:
     # A detectron2 importable by this interpreter (typically one built against its torch) is
     # used as it is: the venv sees this interpreter's site-packages.
     inherit = can_import(sys.executable, "detectron2")
-    logger.info("creating %s%s", venv, " (with system site-packages: detectron2 found)" if inherit else "")
+    logger.info(
+        "creating %s%s", venv, " (with system site-packages: detectron2 found)" if inherit else ""
+    )
     cmd = [sys.executable, "-m", "venv", str(venv)]
     if inherit:
         cmd.append("--system-site-packages")
@@ -337,7 +350,9 @@ def ensure_venv(venv: Path) -> Path:
     return python
 
 
-def setup(venv: Path, source: Optional[str], cache_dir: Path, extras: str = "dev") -> Detectron2Plan:
+def setup(
+    venv: Path, source: Optional[str], cache_dir: Path, extras: str = "dev"
+) -> Detectron2Plan:
     """Run every step of the module docstring; return the detectron2 plan that was applied."""
     python = ensure_venv(venv)
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
@@ -345,7 +360,9 @@ def setup(venv: Path, source: Optional[str], cache_dir: Path, extras: str = "dev
         run(pip + ["torch", "torchvision"])
     plan = plan_detectron2(python, source, cache_dir)
     pins = compat_pins(plan.scan_root)
-    logger.info("detectron2: %s %s; pins: %s", plan.origin, plan.install_target or plan.scan_root, pins)
+    logger.info(
+        "detectron2: %s %s; pins: %s", plan.origin, plan.install_target or plan.scan_root, pins
+    )
     # setuptools and wheel first: the editable install of this project and a source build of
     # detectron2 run without build isolation, so they build against the venv's torch.
     run(pip + ["wheel", *[p for p in pins if p.startswith("setuptools")]])
@@ -362,17 +379,23 @@ def setup(venv: Path, source: Optional[str], cache_dir: Path, extras: str = "dev
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--venv", default=str(REPO_ROOT / ".venv"), help="virtual environment to create or update")
+    parser.add_argument(
+        "--venv", default=str(REPO_ROOT / ".venv"), help="virtual environment to create or update"
+    )
     parser.add_argument(
         "--cache-dir",
         default=str(REPO_ROOT / "build" / "setup"),
         help="where the fallback source distribution is downloaded and built",
     )
-    parser.add_argument("--extras", default="dev", help="extras of dd-detectron to install ('' for none)")
+    parser.add_argument(
+        "--extras", default="dev", help="extras of dd-detectron to install ('' for none)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[setup_env] %(message)s")
     try:
-        setup(Path(args.venv), os.environ.get("DETECTRON2_SOURCE"), Path(args.cache_dir), args.extras)
+        setup(
+            Path(args.venv), os.environ.get("DETECTRON2_SOURCE"), Path(args.cache_dir), args.extras
+        )
     except SetupError as e:
         logger.error("%s", e)
         return 1

@@ -1,5 +1,6 @@
 """Shared test settings: CPU only, quiet third-party deprecation noise, and test data in tmp;
 the ``load_tool`` fixture for the tests of a script."""
+
 import importlib.util
 import os
 import shutil

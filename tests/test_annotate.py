@@ -3,6 +3,7 @@
 Tiny COCO sets written to tmp dirs and registered under unique names, a random-weight tiny model,
 one torch thread (so that every run, sharded or not, computes bit-identical detections).
 """
+
 import argparse
 import json
 import os
@@ -25,6 +26,7 @@ from detectron2.data.datasets.builtin_meta import (
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
+from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
 
 from dd_detectron.annotation import (
     CALIBRATION_PNG,
@@ -40,7 +42,6 @@ from dd_detectron.annotation import (
 )
 from dd_detectron.annotation.labels import LabelingRule, make_labels
 from dd_detectron.annotation.progress import PredictionChunk, ProgressStore
-from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 17
@@ -80,8 +81,14 @@ def _person(rng, num_visible):
     for k in range(K):
         v = 2 if k < num_visible else 0
         keypoints += [float(rng.uniform(10, 60)), float(rng.uniform(10, 60)), v] if v else [0, 0, 0]
-    return {"bbox": [5.0, 5.0, 50.0, 60.0], "area": 3000.0, "iscrowd": 0, "category_id": 1,
-            "keypoints": keypoints, "num_keypoints": num_visible}
+    return {
+        "bbox": [5.0, 5.0, 50.0, 60.0],
+        "area": 3000.0,
+        "iscrowd": 0,
+        "category_id": 1,
+        "keypoints": keypoints,
+        "num_keypoints": num_visible,
+    }
 
 
 def make_dataset(root, n, seed, annotations_per_image=None, num_visible=10, extra_files=()):
@@ -98,7 +105,10 @@ def make_dataset(root, n, seed, annotations_per_image=None, num_visible=10, extr
             with open(os.path.join(root, name), "wb") as f:
                 f.write(data)
         images.append({"id": 900 + j, "file_name": name, "height": 72, "width": 96})
-    coco = {"images": images, "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES)}]}
+    coco = {
+        "images": images,
+        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES)}],
+    }
     if annotations_per_image is not None:
         rng = np.random.default_rng(seed)
         anns = []
@@ -116,10 +126,26 @@ def make_dataset(root, n, seed, annotations_per_image=None, num_visible=10, extr
 
 def tiny_cfg(labeled, unlabeled, *opts):
     return tiny_keypoint_rcnn_cfg(
-        "TEST.DETECTIONS_PER_IMAGE", 4, "DATASETS.TRAIN", (labeled,), "DATALOADER.NUM_WORKERS", 0,
-        "INPUT.MIN_SIZE_TEST", 72, "TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (72, 88),
-        "TEST.AUG.FLIP", True, "DD.ANNOTATE.DATASETS", (unlabeled,), "DD.ANNOTATE.SAVE_PERIOD", 2,
-        "DD.TTA.VIEW_BATCH_SIZE", 2,  # a view with its flip: 2 backbone passes per image
+        "TEST.DETECTIONS_PER_IMAGE",
+        4,
+        "DATASETS.TRAIN",
+        (labeled,),
+        "DATALOADER.NUM_WORKERS",
+        0,
+        "INPUT.MIN_SIZE_TEST",
+        72,
+        "TEST.AUG.ENABLED",
+        True,
+        "TEST.AUG.MIN_SIZES",
+        (72, 88),
+        "TEST.AUG.FLIP",
+        True,
+        "DD.ANNOTATE.DATASETS",
+        (unlabeled,),
+        "DD.ANNOTATE.SAVE_PERIOD",
+        2,
+        "DD.TTA.VIEW_BATCH_SIZE",
+        2,  # a view with its flip: 2 backbone passes per image
         *opts,
     )
 
@@ -131,7 +157,11 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("annotate_data")
     labeled = make_dataset(str(root / "labeled"), 4, seed=1, annotations_per_image=[1, 2, 1, 2])
     good = cv2.imencode(".jpg", np.full((72, 96, 3), 128, np.uint8))[1].tobytes()
-    bad = [("truncated.jpg", good[: len(good) // 3]), ("not_an_image.jpg", b"hello"), ("missing.jpg", None)]
+    bad = [
+        ("truncated.jpg", good[: len(good) // 3]),
+        ("not_an_image.jpg", b"hello"),
+        ("missing.jpg", None),
+    ]
     unlabeled = make_dataset(str(root / "unlabeled"), 5, seed=2, extra_files=bad)
     return labeled, unlabeled
 
@@ -159,11 +189,13 @@ def test_threshold_for_mean_hits_target():
 
 def test_labeled_statistics_convention():
     dicts = [
-        {"annotations": [
-            {"iscrowd": 0, "keypoints": [1, 1, 2, 2, 2, 1, 0, 0, 0]},  # 2 labeled keypoints
-            {"iscrowd": 1, "keypoints": [1, 1, 2, 2, 2, 2, 3, 3, 2]},  # crowd: not counted
-            {"iscrowd": 0, "keypoints": [0, 0, 0, 0, 0, 0, 0, 0, 0]},  # no labeled keypoint
-        ]},
+        {
+            "annotations": [
+                {"iscrowd": 0, "keypoints": [1, 1, 2, 2, 2, 1, 0, 0, 0]},  # 2 labeled keypoints
+                {"iscrowd": 1, "keypoints": [1, 1, 2, 2, 2, 2, 3, 3, 2]},  # crowd: not counted
+                {"iscrowd": 0, "keypoints": [0, 0, 0, 0, 0, 0, 0, 0, 0]},  # no labeled keypoint
+            ]
+        },
         {"annotations": [{"iscrowd": 0, "keypoints": [1, 1, 2, 2, 2, 2, 3, 3, 2]}]},  # 3
         {},  # an image without any annotation still counts as an image
     ]
@@ -175,7 +207,9 @@ def test_labeled_statistics_convention():
 def _fake_instances(scores, keypoint_scores):
     n = len(scores)
     inst = Instances((50, 60))
-    inst.pred_boxes = Boxes(torch.tensor([[1.0 + i, 2.0, 30.0 + i, 40.0] for i in range(n)]).reshape(n, 4))
+    inst.pred_boxes = Boxes(
+        torch.tensor([[1.0 + i, 2.0, 30.0 + i, 40.0] for i in range(n)]).reshape(n, 4)
+    )
     inst.scores = torch.tensor(scores, dtype=torch.float32)
     inst.pred_classes = torch.zeros(n, dtype=torch.int64)
     kp = torch.zeros(n, K, 3)
@@ -217,7 +251,12 @@ def test_auto_thresholds_hit_their_target(tmp_path):
     assert not fixed.score.auto and fixed.score.achieved == 0.5
     assert [len(x.boxes) for x in fixed.labels] == [1, 1, 0, 0] and fixed.dropped_min_keypoints == 0
     strict = make_labels(store, images, LabelingRule(0.8, 10.0, 9), None, K)
-    assert [len(x.boxes) for x in strict.labels] == [0, 0, 0, 0] and strict.dropped_min_keypoints == 2
+    assert [len(x.boxes) for x in strict.labels] == [
+        0,
+        0,
+        0,
+        0,
+    ] and strict.dropped_min_keypoints == 2
 
 
 # ------------------------------------------------------------------------------------------
@@ -230,20 +269,45 @@ def test_json_round_trip_gives_back_predicted_keypoints(tmp_path):
     keypoints[..., 2] = rng.uniform(0, 1, (2, K)).astype(np.float32)
     visible = keypoints[..., 2] >= 0.4
     labels = [
-        ImageLabels(7, "/data/a.jpg", 64, 80, np.array([[1.25, 2.5, 40.125, 50.0625], [3.3, 4.4, 20.7, 30.1]], np.float32),
-                    np.array([0.9, 0.6], np.float32), np.array([0, 0]), keypoints, visible),
-        ImageLabels(3, "/data/b.jpg", 64, 80, np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                    np.zeros(0, np.int64), np.zeros((0, K, 3), np.float32), np.zeros((0, K), bool)),
+        ImageLabels(
+            7,
+            "/data/a.jpg",
+            64,
+            80,
+            np.array([[1.25, 2.5, 40.125, 50.0625], [3.3, 4.4, 20.7, 30.1]], np.float32),
+            np.array([0.9, 0.6], np.float32),
+            np.array([0, 0]),
+            keypoints,
+            visible,
+        ),
+        ImageLabels(
+            3,
+            "/data/b.jpg",
+            64,
+            80,
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+            np.zeros((0, K, 3), np.float32),
+            np.zeros((0, K), bool),
+        ),
     ]
-    space = LabelSpace.from_metadata(MetadataCatalog.get("dd_test_roundtrip_meta").set(**KEYPOINT_META), "test")
+    space = LabelSpace.from_metadata(
+        MetadataCatalog.get("dd_test_roundtrip_meta").set(**KEYPOINT_META), "test"
+    )
     assert space.dataset_ids == (1,)
     path = str(tmp_path / "labels.json")
-    assert write_coco_keypoints_json(path, labels, space, {"description": "t"}, block_size=1) == (2, 2)
+    assert write_coco_keypoints_json(path, labels, space, {"description": "t"}, block_size=1) == (
+        2,
+        2,
+    )
 
     coco = COCO(path)
     assert sorted(coco.getImgIds()) == [3, 7]
     ann = coco.loadAnns(coco.getAnnIds(imgIds=[7]))
-    assert [a["id"] for a in ann] == [1, 2] and all(a["iscrowd"] == 0 and a["category_id"] == 1 for a in ann)
+    assert [a["id"] for a in ann] == [1, 2] and all(
+        a["iscrowd"] == 0 and a["category_id"] == 1 for a in ann
+    )
     assert ann[0]["num_keypoints"] == int(visible[0].sum())
     cat = coco.loadCats([1])[0]
     assert cat["keypoints"] == list(COCO_PERSON_KEYPOINT_NAMES) and len(cat["skeleton"]) > 0
@@ -293,7 +357,11 @@ def test_annotate_labels_all_images_and_reports_bad_ones(data, tmp_path):
     assert stats["score_threshold"]["auto"] and stats["score_threshold"]["target"] == 1.5
     assert stats["score_threshold"]["achieved"] == pytest.approx(1.6)  # round(1.5 * 5) = 8 of 20
     # MIN_KEYPOINTS 1 may drop an instance left without a visible keypoint.
-    assert summary["annotations"] == len(coco.getAnnIds()) == 8 - stats["instances_dropped_min_keypoints"]
+    assert (
+        summary["annotations"]
+        == len(coco.getAnnIds())
+        == 8 - stats["instances_dropped_min_keypoints"]
+    )
     # 10 visible keypoints per instance on average: 80 of the 8 candidates' 136.
     assert stats["keypoint_threshold"]["achieved"] == 10.0
     anns = coco.loadAnns(coco.getAnnIds())
@@ -303,7 +371,9 @@ def test_annotate_labels_all_images_and_reports_bad_ones(data, tmp_path):
     assert sum(ann["num_keypoints"] for ann in anns) == 80
 
     # detectron2 reads the file back as a training set.
-    dicts = load_coco_json(os.path.join(out, OUTPUT_JSON), "", f"dd_test_gen_{uuid.uuid4().hex[:8]}")
+    dicts = load_coco_json(
+        os.path.join(out, OUTPUT_JSON), "", f"dd_test_gen_{uuid.uuid4().hex[:8]}"
+    )
     assert len(dicts) == 5 and sum(len(d["annotations"]) for d in dicts) == len(anns)
 
 
@@ -336,15 +406,17 @@ def test_resume_after_crash_gives_identical_files(data, tmp_path):
     done = ProgressStore(os.path.join(out, "progress")).finished_image_ids()
     assert done == {100, 101}
 
-    _, calls = _crash_after(model, 10 ** 6)
+    _, calls = _crash_after(model, 10**6)
     annotate(cfg, model, out)
     assert len(calls) == 2 * 3  # only the 3 remaining good images ran
     for name in (OUTPUT_JSON, STATS_JSON):
         assert _read(os.path.join(out, name)) == _read(os.path.join(reference, name))
     # A finished run reruns without any inference and rewrites the same files.
-    _, calls = _crash_after(model, 10 ** 6)
+    _, calls = _crash_after(model, 10**6)
     annotate(cfg, model, out)
-    assert len(calls) == 0 and _read(os.path.join(out, OUTPUT_JSON)) == _read(os.path.join(reference, OUTPUT_JSON))
+    assert len(calls) == 0 and _read(os.path.join(out, OUTPUT_JSON)) == _read(
+        os.path.join(reference, OUTPUT_JSON)
+    )
 
 
 def test_resume_refuses_other_settings(data, tmp_path):
@@ -357,8 +429,19 @@ def test_resume_refuses_other_settings(data, tmp_path):
     with pytest.raises(ValueError, match="TEST.AUG"):
         annotate(other, model, out)
     # Thresholds apply after inference: changing them reuses the saved detections.
-    _, calls = _crash_after(model, 10 ** 6)
-    annotate(tiny_cfg(labeled, unlabeled, "DD.ANNOTATE.SCORE_THRESH", "'0.0'", "DD.ANNOTATE.KEYPOINT_THRESH", "'0.0'"), model, out)
+    _, calls = _crash_after(model, 10**6)
+    annotate(
+        tiny_cfg(
+            labeled,
+            unlabeled,
+            "DD.ANNOTATE.SCORE_THRESH",
+            "'0.0'",
+            "DD.ANNOTATE.KEYPOINT_THRESH",
+            "'0.0'",
+        ),
+        model,
+        out,
+    )
     assert len(calls) == 0
     assert len(COCO(os.path.join(out, OUTPUT_JSON)).getAnnIds()) == 5 * 4
 
@@ -371,8 +454,14 @@ def _free_port():
 
 def _shard_worker(rank, world_size, port, state_path, labeled_json, unlabeled_json, names, out):
     # What torchrun gives every worker; the tool's init path reads exactly these.
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from dd_detectron.engine.launch import init_distributed_from_env, launched_by_torchrun
 
@@ -404,7 +493,8 @@ def test_sharded_equals_single_process(data, tmp_path):
     state_path = str(tmp_path / "model.pth")
     torch.save(model.state_dict(), state_path)
     files = [
-        (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root) for n in (labeled, unlabeled)
+        (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root)
+        for n in (labeled, unlabeled)
     ]
     sharded = str(tmp_path / "sharded")
     torch.multiprocessing.spawn(
@@ -433,7 +523,9 @@ def test_clear_errors(data, tmp_path):
         annotate(tiny_cfg(labeled, empty), model, out)
     with pytest.raises(ValueError, match="MODEL.KEYPOINT_ON"):
         annotate(tiny_cfg(labeled, unlabeled, "MODEL.KEYPOINT_ON", False), model, out)
-    no_keypoints = make_dataset(str(tmp_path / "nokp"), 2, seed=6, annotations_per_image=[1, 1], num_visible=0)
+    no_keypoints = make_dataset(
+        str(tmp_path / "nokp"), 2, seed=6, annotations_per_image=[1, 1], num_visible=0
+    )
     with pytest.raises(ValueError, match="DATASETS.TRAIN"):
         annotate(tiny_cfg(no_keypoints, unlabeled), model, out)
     with pytest.raises(ValueError, match="TEST.AUG.MIN_SIZES"):
@@ -451,9 +543,19 @@ def test_visualize_annotations_tool(data, tmp_path):
     annotate(cfg, tiny_model(cfg), out)
     vis = str(tmp_path / "vis")
     subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "visualize_annotations.py"),
-         "--json", os.path.join(out, OUTPUT_JSON), "--output", vis, "--num-images", "2"],
-        check=True, cwd=REPO, capture_output=True,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "visualize_annotations.py"),
+            "--json",
+            os.path.join(out, OUTPUT_JSON),
+            "--output",
+            vis,
+            "--num-images",
+            "2",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
     )
     drawn = sorted(os.listdir(vis))
     assert len(drawn) == 2 and all(n.endswith(".jpg") for n in drawn)
@@ -470,11 +572,23 @@ def test_label_quality_of_true_and_shifted_labels(data, tmp_path):
         for record in DatasetCatalog.get(labeled):
             anns = record["annotations"]
             kp = np.array([a["keypoints"] for a in anns], np.float32).reshape(len(anns), K, 3)
-            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
+            boxes = np.array(
+                [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32
+            )
             kp[..., 0] += shift
-            out.append(ImageLabels(record["image_id"], record["file_name"], record["height"], record["width"],
-                                   boxes, np.ones(len(anns), np.float32), np.zeros(len(anns), np.int64),
-                                   kp, kp[..., 2] > 0))
+            out.append(
+                ImageLabels(
+                    record["image_id"],
+                    record["file_name"],
+                    record["height"],
+                    record["width"],
+                    boxes,
+                    np.ones(len(anns), np.float32),
+                    np.zeros(len(anns), np.int64),
+                    kp,
+                    kp[..., 2] > 0,
+                )
+            )
         return out
 
     space = LabelSpace.from_metadata(MetadataCatalog.get(labeled), labeled)
@@ -483,7 +597,9 @@ def test_label_quality_of_true_and_shifted_labels(data, tmp_path):
         path = str(tmp_path / f"shift{shift}.json")
         write_coco_keypoints_json(path, labels_from_truth(shift), space, {})
         results.append(label_quality(path, labeled))
-    assert results[0]["keypoints"]["AP"] == pytest.approx(100.0) and results[0]["bbox"]["AP"] == pytest.approx(100.0)
+    assert results[0]["keypoints"]["AP"] == pytest.approx(100.0) and results[0]["bbox"][
+        "AP"
+    ] == pytest.approx(100.0)
     assert results[1]["keypoints"]["AP"] < 90.0 and results[1]["labels"] == 6
 
 

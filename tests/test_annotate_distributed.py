@@ -2,6 +2,7 @@
 visible to a CPU job, several processes, a resume with lower-memory settings, a shared
 filesystem whose listings lag, an image saved twice, the process-group timeout on both paths.
 """
+
 import argparse
 import json
 import os
@@ -14,11 +15,6 @@ import torch.distributed as dist
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
-
-from dd_detectron.annotation import OUTPUT_JSON, STATS_JSON, LabeledStats, annotate
-from dd_detectron.annotation.labels import LabelingRule, make_labels
-from dd_detectron.annotation.progress import PredictionChunk, ProgressStore
-from dd_detectron.engine import launch as dd_launch
 from test_annotate import (
     KEYPOINT_META,
     _crash_after,
@@ -28,6 +24,11 @@ from test_annotate import (
     tiny_cfg,
 )
 from tiny_keypoint_rcnn import tiny_model
+
+from dd_detectron.annotation import OUTPUT_JSON, STATS_JSON, LabeledStats, annotate
+from dd_detectron.annotation.labels import LabelingRule, make_labels
+from dd_detectron.annotation.progress import PredictionChunk, ProgressStore
+from dd_detectron.engine import launch as dd_launch
 
 K = 17
 
@@ -60,6 +61,7 @@ def _read(path):
 # ------------------------------------------------------------------------------------------
 def _pretend_one_gpu(monkeypatch_like):
     """torch.cuda as on a workstation with one GPU: GPU 1 does not exist."""
+
     def set_device(index):
         raise RuntimeError(f"CUDA error: invalid device ordinal {index}")
 
@@ -69,9 +71,14 @@ def _pretend_one_gpu(monkeypatch_like):
 
 
 def _gpu_visible_worker(rank, world_size, port, state_path, datasets, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     names = ("is_available", "device_count", "set_device")
     saved = {name: getattr(torch.cuda, name) for name in names}
@@ -125,8 +132,10 @@ def test_cpu_job_with_a_visible_gpu_runs_on_gloo_and_rank0_decides(data, tmp_pat
     )
     ranks = [json.loads(_read(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
     # gloo on both; the image list was built once, on rank 0.
-    assert ranks == [{"backend": "gloo", "images_to_label_calls": 1},
-                     {"backend": "gloo", "images_to_label_calls": 0}]
+    assert ranks == [
+        {"backend": "gloo", "images_to_label_calls": 1},
+        {"backend": "gloo", "images_to_label_calls": 0},
+    ]
     for name in (OUTPUT_JSON, STATS_JSON):
         assert _read(os.path.join(out, name)) == _read(os.path.join(single, name))
 
@@ -164,8 +173,14 @@ def test_both_paths_set_the_process_group_timeout(monkeypatch):
     assert ran == [args]
 
     # torchrun's variables for a job of one process: a real gloo group, joined in this process.
-    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())).items():
+    for key, value in dict(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+    ).items():
         monkeypatch.setenv(key, value)
     seen, exited = {}, []
     real_init = dist.init_process_group
@@ -230,7 +245,7 @@ def test_resume_with_memory_only_settings_is_accepted(data, tmp_path):
     # Features recomputed instead of cached: the same detections, so the same files.
     out = str(tmp_path / "no_cache")
     shutil.copytree(crashed, out)
-    _, calls = _crash_after(model, 10 ** 6)
+    _, calls = _crash_after(model, 10**6)
     annotate(tiny_cfg(labeled, unlabeled, "DD.TTA.CACHE_FEATURES", False), model, out)
     assert len(calls) == 2 * 2 * 2  # the 2 images left: 2 view pairs, each 2 backbone passes
     for name in (OUTPUT_JSON, STATS_JSON):
@@ -239,12 +254,13 @@ def test_resume_with_memory_only_settings_is_accepted(data, tmp_path):
     # Both, one view at a time: accepted; the same labels up to float rounding.
     out = str(tmp_path / "low_memory")
     shutil.copytree(crashed, out)
-    _, calls = _crash_after(model, 10 ** 6)
+    _, calls = _crash_after(model, 10**6)
     low = tiny_cfg(labeled, unlabeled, "DD.TTA.CACHE_FEATURES", False, "DD.TTA.VIEW_BATCH_SIZE", 1)
     annotate(low, model, out)
     assert len(calls) == 2 * 4 * 2  # 4 views one at a time, 2 passes each
     (images, got), (ref_images, expected) = _coco(os.path.join(out, OUTPUT_JSON)), _coco(
-        os.path.join(reference, OUTPUT_JSON))
+        os.path.join(reference, OUTPUT_JSON)
+    )
     assert images == ref_images and len(got) == len(expected) > 0
     for a, b in zip(got, expected):
         for key in ("image_id", "id", "num_keypoints"):
@@ -318,6 +334,12 @@ def test_an_image_in_two_chunks_counts_once(tmp_path):
         np.testing.assert_array_equal(x.scores, y.scores)
         np.testing.assert_array_equal(x.keypoints, y.keypoints)
     # Only the named chunks are read: a chunk missing from a lagging listing can be named.
-    named = make_labels(twice, images, LabelingRule(0.0, 0.0, 0), None, K,
-                        chunk_names=["chunk-000000000.npz", "chunk-000000002.npz"])
+    named = make_labels(
+        twice,
+        images,
+        LabelingRule(0.0, 0.0, 0),
+        None,
+        K,
+        chunk_names=["chunk-000000000.npz", "chunk-000000002.npz"],
+    )
     assert sum(len(x.scores) for x in named.labels) == 8

@@ -7,6 +7,7 @@ The tree (``make_tiny_coco_tree``) has COCO's real layout and JSON structure at 
 of frames. Tools run in subprocesses with DETECTRON2_DATASETS pointing at the tree, so
 detectron2's builtin names and ours resolve there exactly as on a real machine.
 """
+
 import contextlib
 import dataclasses
 import io
@@ -31,13 +32,13 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from dd_detectron import add_dd_config
+from dd_detectron.data.datasets import FOLDER_PREFIX, register_path_datasets
 from dd_detectron.data.datasets.coco import (
     PAPER_SPLITS,
     get_paper_split,
     load_image_info_json,
     register_coco_unlabeled,
 )
-from dd_detectron.data.datasets import FOLDER_PREFIX, register_path_datasets
 from dd_detectron.data.datasets.image_folder import (
     image_id_for,
     list_image_files,
@@ -49,13 +50,44 @@ from dd_detectron.data.datasets.image_folder import (
 REPO = Path(__file__).resolve().parent.parent
 COCO_CONFIGS = REPO / "configs" / "COCO-Keypoints"
 PREPARE = str(REPO / "datasets" / "prepare_coco.py")
-SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
-            [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]
-PERSON = {"supercategory": "person", "id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES),
-          "skeleton": SKELETON}
+SKELETON = [
+    [16, 14],
+    [14, 12],
+    [17, 15],
+    [15, 13],
+    [12, 13],
+    [6, 12],
+    [7, 13],
+    [6, 7],
+    [6, 8],
+    [7, 9],
+    [8, 10],
+    [9, 11],
+    [2, 3],
+    [1, 2],
+    [1, 3],
+    [2, 4],
+    [3, 5],
+    [4, 6],
+    [5, 7],
+]
+PERSON = {
+    "supercategory": "person",
+    "id": 1,
+    "name": "person",
+    "keypoints": list(COCO_PERSON_KEYPOINT_NAMES),
+    "skeleton": SKELETON,
+}
 
 # The tiny tree: image id -> (height, width, number of people). Ids are real COCO ids.
-TRAIN2014 = {9: (72, 96, 2), 25: (80, 64, 1), 30: (72, 96, 0), 34: (64, 80, 1), 36: (72, 96, 3), 42: (96, 72, 1)}
+TRAIN2014 = {
+    9: (72, 96, 2),
+    25: (80, 64, 1),
+    30: (72, 96, 0),
+    34: (64, 80, 1),
+    36: (72, 96, 3),
+    42: (96, 72, 1),
+}
 VAL2014 = {139: (72, 96, 2), 285: (64, 80, 1), 632: (72, 96, 1), 724: (80, 64, 0), 776: (72, 96, 2)}
 MINIVAL = (139, 632)  # = 2017 val
 UNLABELED2017 = {8: (72, 96), 15: (64, 80), 22: (96, 72)}
@@ -79,9 +111,17 @@ def _person(rng, image_id, ann_id, height, width, crowd=False):
     for k in range(17):
         point = [round(x + float(rng.uniform(0, w)), 2), round(y + float(rng.uniform(0, h)), 2), 2]
         keypoints += point if k < visible else [0, 0, 0]
-    return {"segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]], "num_keypoints": 0 if crowd else visible,
-            "area": w * h, "iscrowd": int(crowd), "keypoints": [0] * 51 if crowd else keypoints,
-            "image_id": image_id, "bbox": [x, y, w, h], "category_id": 1, "id": ann_id}
+    return {
+        "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+        "num_keypoints": 0 if crowd else visible,
+        "area": w * h,
+        "iscrowd": int(crowd),
+        "keypoints": [0] * 51 if crowd else keypoints,
+        "image_id": image_id,
+        "bbox": [x, y, w, h],
+        "category_id": 1,
+        "id": ann_id,
+    }
 
 
 def _split(table, file_pattern, image_dir, seed, ann_start):
@@ -90,17 +130,33 @@ def _split(table, file_pattern, image_dir, seed, ann_start):
     for image_id, (height, width, people) in sorted(table.items()):
         file_name = file_pattern.format(image_id)
         _jpeg(image_dir / file_name, height, width, seed + image_id)
-        images.append({"license": 1, "file_name": file_name, "coco_url": "", "height": height, "width": width,
-                       "date_captured": "2013-11-14 17:02:52", "flickr_url": "", "id": image_id})
+        images.append(
+            {
+                "license": 1,
+                "file_name": file_name,
+                "coco_url": "",
+                "height": height,
+                "width": width,
+                "date_captured": "2013-11-14 17:02:52",
+                "flickr_url": "",
+                "id": image_id,
+            }
+        )
         for p in range(people):
             # The last person of an image with 3 is a crowd region, as in COCO.
-            annotations.append(_person(rng, image_id, ann_start + image_id * 10 + p, height, width, crowd=p == 2))
+            annotations.append(
+                _person(rng, image_id, ann_start + image_id * 10 + p, height, width, crowd=p == 2)
+            )
     return images, annotations
 
 
 def _coco(images, annotations=None, categories=(PERSON,), description=""):
-    data = {"info": {"description": description, "year": 2014}, "licenses": [{"id": 1, "name": "test"}],
-            "images": images, "categories": list(categories)}
+    data = {
+        "info": {"description": description, "year": 2014},
+        "licenses": [{"id": 1, "name": "test"}],
+        "images": images,
+        "categories": list(categories),
+    }
     if annotations is not None:
         data["annotations"] = annotations
     return data
@@ -123,16 +179,23 @@ def make_tiny_coco_tree(root):
     """
     root = Path(root)
     coco, ann = root / "coco", root / "coco" / "annotations"
-    train14_images, train14_anns = _split(TRAIN2014, "COCO_train2014_{:012d}.jpg", coco / "train2014", 1, 0)
+    train14_images, train14_anns = _split(
+        TRAIN2014, "COCO_train2014_{:012d}.jpg", coco / "train2014", 1, 0
+    )
     val14_images, val14_anns = _split(VAL2014, "COCO_val2014_{:012d}.jpg", coco / "val2014", 2, 0)
     _dump(ann / "person_keypoints_train2014.json", _coco(train14_images, train14_anns))
     _dump(ann / "person_keypoints_val2014.json", _coco(val14_images, val14_anns))
     # COCO 2017 re-splits the same images and labels under 12-digit file names.
     train17 = {**TRAIN2014, **{i: VAL2014[i] for i in CO35_IDS}}
     val17 = {i: VAL2014[i] for i in MINIVAL}
-    to_2017 = lambda imgs: [dict(img, file_name=img["file_name"].rsplit("_", 1)[-1]) for img in imgs]
-    train17_images = to_2017(sorted(train14_images + [i for i in val14_images if i["id"] in train17],
-                                    key=lambda i: i["id"]))
+    to_2017 = lambda imgs: [
+        dict(img, file_name=img["file_name"].rsplit("_", 1)[-1]) for img in imgs
+    ]
+    train17_images = to_2017(
+        sorted(
+            train14_images + [i for i in val14_images if i["id"] in train17], key=lambda i: i["id"]
+        )
+    )
     train17_anns = [a for a in train14_anns + val14_anns if a["image_id"] in train17]
     val17_images = to_2017([i for i in val14_images if i["id"] in val17])
     val17_anns = [a for a in val14_anns if a["image_id"] in val17]
@@ -140,14 +203,26 @@ def make_tiny_coco_tree(root):
         os.makedirs(coco / directory, exist_ok=True)
         for img in images:
             year = "val2014" if img["id"] in VAL2014 else "train2014"
-            shutil.copy(coco / year / f"COCO_{year}_{img['file_name']}", coco / directory / img["file_name"])
+            shutil.copy(
+                coco / year / f"COCO_{year}_{img['file_name']}", coco / directory / img["file_name"]
+            )
     _dump(ann / "person_keypoints_train2017.json", _coco(train17_images, train17_anns))
     _dump(ann / "person_keypoints_val2017.json", _coco(val17_images, val17_anns))
     unlabeled = []
     for image_id, (height, width) in sorted(UNLABELED2017.items()):
         _jpeg(coco / "unlabeled2017" / f"{image_id:012d}.jpg", height, width, 3 + image_id)
-        unlabeled.append({"license": 1, "file_name": f"{image_id:012d}.jpg", "coco_url": "", "height": height,
-                          "width": width, "date_captured": "", "flickr_url": "", "id": image_id})
+        unlabeled.append(
+            {
+                "license": 1,
+                "file_name": f"{image_id:012d}.jpg",
+                "coco_url": "",
+                "height": height,
+                "width": width,
+                "date_captured": "",
+                "flickr_url": "",
+                "id": image_id,
+            }
+        )
     # COCO's image-info files list all 80 categories; two are enough to show they are ignored.
     bicycle = {"supercategory": "vehicle", "id": 2, "name": "bicycle"}
     _dump(ann / "image_info_unlabeled2017.json", _coco(unlabeled, None, (PERSON, bicycle)))
@@ -155,8 +230,14 @@ def make_tiny_coco_tree(root):
     for video in ("video_a", "video_b"):
         for t in range(2):
             _jpeg(frames / video / f"frame_{t:04d}.jpg", 72, 96, 50 + t)
-    return {"co-80": sorted(TRAIN2014), "co-35": CO35_IDS, "co-115": sorted(train17), "minival": sorted(val17),
-            "un-120": sorted(UNLABELED2017), "folder": str(frames)}
+    return {
+        "co-80": sorted(TRAIN2014),
+        "co-35": CO35_IDS,
+        "co-115": sorted(train17),
+        "minival": sorted(val17),
+        "un-120": sorted(UNLABELED2017),
+        "folder": str(frames),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +251,15 @@ def run_tool(args, root, check=True, timeout=600):
     """Runs a repository script with DETECTRON2_DATASETS=root, one torch thread; returns the
     CompletedProcess (stdout and stderr merged)."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable] + [str(a) for a in args], cwd=str(REPO), env=env, timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        [sys.executable] + [str(a) for a in args],
+        cwd=str(REPO),
+        env=env,
+        timeout=timeout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited with {proc.returncode}:\n{proc.stdout[-4000:]}")
     return proc
@@ -217,7 +305,9 @@ def test_prepare_coco_writes_co35_and_co80(tree, prepare_coco):
     # co-35: val2014 minus minival, with every annotation of those images and nothing else.
     assert [i["id"] for i in co35["images"]] == [285, 724, 776]
     assert co35["images"] == [i for i in val14["images"] if i["id"] in (285, 724, 776)]
-    assert co35["annotations"] == [a for a in val14["annotations"] if a["image_id"] in (285, 724, 776)]
+    assert co35["annotations"] == [
+        a for a in val14["annotations"] if a["image_id"] in (285, 724, 776)
+    ]
     assert len(co35["annotations"]) == 1 + 0 + 2 and co35["categories"] == val14["categories"]
     # co-80: all of train2014's images, no annotations at all.
     assert co80["images"] == train14["images"] and "annotations" not in co80
@@ -254,11 +344,17 @@ def test_prepare_coco_refuses_inconsistent_inputs(tmp_path, prepare_coco):
     os.remove(ann / "person_keypoints_val2017.json")
     status, out = prepare_coco(tmp_path)
     assert status == 1
-    assert str(ann / "person_keypoints_val2017.json") in out and str(ann / "instances_minival2014.json") in out
+    assert (
+        str(ann / "person_keypoints_val2017.json") in out
+        and str(ann / "instances_minival2014.json") in out
+    )
     os.remove(ann / "person_keypoints_val2014.json")
     status, out = prepare_coco(tmp_path)
     assert status == 1
-    assert f"{ann / 'person_keypoints_val2014.json'} is missing" in out and "annotations_trainval2014.zip" in out
+    assert (
+        f"{ann / 'person_keypoints_val2014.json'} is missing" in out
+        and "annotations_trainval2014.zip" in out
+    )
 
 
 def test_check_names_what_is_missing_and_where(tmp_path, prepare_coco):
@@ -270,7 +366,10 @@ def test_check_names_what_is_missing_and_where(tmp_path, prepare_coco):
         assert f"MISSING  {split.paper_name}" in out
         assert str(empty / split.json_file) in out and str(empty / split.image_root) + os.sep in out
     assert "write it with: python datasets/prepare_coco.py" in out
-    assert "from COCO's image_info_unlabeled2017.zip" in out and "the images of COCO's unlabeled2017.zip" in out
+    assert (
+        "from COCO's image_info_unlabeled2017.zip" in out
+        and "the images of COCO's unlabeled2017.zip" in out
+    )
     assert "the images of COCO's train2017.zip" in out
 
     root = tmp_path / "tree"
@@ -280,8 +379,18 @@ def test_check_names_what_is_missing_and_where(tmp_path, prepare_coco):
     missing = [line for line in out.splitlines() if line.startswith("MISSING")]
     assert len(missing) == 2 and all(("co-35" in m or "co-80" in m) for m in missing)
     prepare_coco(root)
-    status, out = prepare_coco(root, "--check", "--splits", "co-115", "co-35", "co-80", "co-80 (truth)", "un-120",
-                               "minival", "s1m-180")
+    status, out = prepare_coco(
+        root,
+        "--check",
+        "--splits",
+        "co-115",
+        "co-35",
+        "co-80",
+        "co-80 (truth)",
+        "un-120",
+        "minival",
+        "s1m-180",
+    )
     assert status == 0 and "everything is in place" in out and "MISSING" not in out
     assert "co-115         keypoints_coco_2017_train" in out
     assert "(9 images, 11 annotations; the full split has 118287)" in out
@@ -327,8 +436,11 @@ def test_registered_names_load_on_the_tree(tree, prepare_coco):
 
 
 def test_image_info_loader(tmp_path):
-    data = _coco([{"id": 5, "file_name": "a.jpg", "height": 10, "width": 20}],
-                 [{"id": 1, "image_id": 5, "bbox": [0, 0, 1, 1]}], (PERSON,))
+    data = _coco(
+        [{"id": 5, "file_name": "a.jpg", "height": 10, "width": 20}],
+        [{"id": 1, "image_id": 5, "bbox": [0, 0, 1, 1]}],
+        (PERSON,),
+    )
     _dump(tmp_path / "info.json", data)
     records = load_image_info_json(str(tmp_path / "info.json"), "/img", "x")
     # Annotations in the file are never read: an unlabeled split carries no labels.
@@ -337,25 +449,37 @@ def test_image_info_loader(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.json: images\[0\] has no height, width"):
         load_image_info_json(str(tmp_path / "bad.json"), "/img")
     with pytest.raises(FileNotFoundError, match=r"missing\.json .*'y'.*prepare_coco"):
-        load_image_info_json(str(tmp_path / "missing.json"), "/img", "y", " Write it with: prepare_coco.py")
+        load_image_info_json(
+            str(tmp_path / "missing.json"), "/img", "y", " Write it with: prepare_coco.py"
+        )
     # The registered unlabeled splits say where their missing file comes from (registered again
     # under other names at an empty root: the real names may point at a real COCO tree).
-    for paper_name, hint in (("co-80", "Write it with: python datasets/prepare_coco.py"),
-                             ("un-120", "It is in COCO's image_info_unlabeled2017.zip")):
-        split = dataclasses.replace(get_paper_split(paper_name), dataset_name=f"dd_test_{uuid.uuid4().hex[:8]}")
+    for paper_name, hint in (
+        ("co-80", "Write it with: python datasets/prepare_coco.py"),
+        ("un-120", "It is in COCO's image_info_unlabeled2017.zip"),
+    ):
+        split = dataclasses.replace(
+            get_paper_split(paper_name), dataset_name=f"dd_test_{uuid.uuid4().hex[:8]}"
+        )
         register_coco_unlabeled(str(tmp_path / "empty_root"), [split])
         with pytest.raises(FileNotFoundError, match=re.escape(hint)):
             DatasetCatalog.get(split.dataset_name)
     meta = MetadataCatalog.get("coco_2017_unlabeled")
-    assert list(meta.thing_classes) == ["person"] and list(meta.keypoint_names) == list(COCO_PERSON_KEYPOINT_NAMES)
+    assert list(meta.thing_classes) == ["person"] and list(meta.keypoint_names) == list(
+        COCO_PERSON_KEYPOINT_NAMES
+    )
 
 
 def _write_folder(folder):
     """A folder of the kinds of files a user's folder holds; returns {relative path: (h, w)} of
     the images that must be listed."""
     expected = {}
-    for rel, (h, w), fmt in (("b/clip2/0001.jpg", (40, 60), "JPEG"), ("a/0002.PNG", (30, 50), "PNG"),
-                             ("a/0001.jpeg", (20, 36), "JPEG"), ("top.jpg", (24, 32), "JPEG")):
+    for rel, (h, w), fmt in (
+        ("b/clip2/0001.jpg", (40, 60), "JPEG"),
+        ("a/0002.PNG", (30, 50), "PNG"),
+        ("a/0001.jpeg", (20, 36), "JPEG"),
+        ("top.jpg", (24, 32), "JPEG"),
+    ):
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (w, h), (10, 20, 30)).save(path, fmt)
@@ -382,12 +506,17 @@ def test_image_folder_dataset(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="dd_detectron.data.datasets.image_folder"):
         records = DatasetCatalog.get(name)
     # The unreadable file is left out, and the warning names it and says why.
-    assert "1 of 6 files are not readable images" in caplog.text and "broken.jpg (UnidentifiedImageError" in caplog.text
-    assert [os.path.relpath(r["file_name"], folder).replace(os.sep, "/") for r in records] == sorted(expected)
+    assert (
+        "1 of 6 files are not readable images" in caplog.text
+        and "broken.jpg (UnidentifiedImageError" in caplog.text
+    )
+    assert [
+        os.path.relpath(r["file_name"], folder).replace(os.sep, "/") for r in records
+    ] == sorted(expected)
     for r in records:
         rel = os.path.relpath(r["file_name"], folder).replace(os.sep, "/")
         assert os.path.isabs(r["file_name"]) and (r["height"], r["width"]) == expected[rel]
-        assert r["image_id"] == image_id_for(rel) and 0 <= r["image_id"] < 2 ** 53
+        assert r["image_id"] == image_id_for(rel) and 0 <= r["image_id"] < 2**53
     # The sizes are those detectron2's reader gives (EXIF applied), which the annotation stage checks.
     from detectron2.data.detection_utils import read_image
 
@@ -399,8 +528,12 @@ def test_image_folder_dataset(tmp_path, caplog):
     Image.new("RGB", (16, 16)).save(folder / "a" / "0000.jpg")
     moved = tmp_path / "moved"
     shutil.copytree(folder, moved)
-    again = {os.path.relpath(r["file_name"], moved): r["image_id"] for r in load_image_folder(str(moved))}
-    assert {os.path.relpath(r["file_name"], folder): r["image_id"] for r in records}.items() <= again.items()
+    again = {
+        os.path.relpath(r["file_name"], moved): r["image_id"] for r in load_image_folder(str(moved))
+    }
+    assert {
+        os.path.relpath(r["file_name"], folder): r["image_id"] for r in records
+    }.items() <= again.items()
     assert len(again) == len(records) + 1
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -423,7 +556,7 @@ def test_folder_names_in_config(tmp_path, monkeypatch):
     assert MetadataCatalog.get(entry).image_root == str(folder)
     # A relative path is taken from the working directory (a unique one: the catalog is global).
     relative = f"folder:frames/b_{uuid.uuid4().hex[:8]}"
-    shutil.copytree(folder / "b", tmp_path / relative[len(FOLDER_PREFIX):])
+    shutil.copytree(folder / "b", tmp_path / relative[len(FOLDER_PREFIX) :])
     monkeypatch.chdir(tmp_path)
     cfg.DD.ANNOTATE.DATASETS = (relative,)
     register_path_datasets(cfg)
@@ -431,7 +564,9 @@ def test_folder_names_in_config(tmp_path, monkeypatch):
     listed = sorted(os.path.basename(r["file_name"]) for r in DatasetCatalog.get(relative))
     assert listed == ["0001.jpg", "rotated.jpg"]
     cfg.DD.ANNOTATE.DATASETS = ("folder:" + str(tmp_path / "absent"),)
-    with pytest.raises(FileNotFoundError, match=r"DD\.ANNOTATE\.DATASETS: 'folder:.*absent' names the folder"):
+    with pytest.raises(
+        FileNotFoundError, match=r"DD\.ANNOTATE\.DATASETS: 'folder:.*absent' names the folder"
+    ):
         register_path_datasets(cfg)
 
 
@@ -447,18 +582,35 @@ def load_config(path):
 
 # setting -> (teacher, annotate, student) file names
 SETTINGS = {
-    "co35-co80": ("teacher_R50-FPN_90k_co35.yaml", "annotate_R50-FPN_90k_co35-co80.yaml",
-                  "student_R50-FPN_360k_co35-co80.yaml"),
-    "co115-un120": ("teacher_R50-FPN_130k_co115.yaml", "annotate_R50-FPN_130k_co115-un120.yaml",
-                    "student_R50-FPN_360k_co115-un120.yaml"),
-    "co115-folder": ("teacher_R50-FPN_130k_co115.yaml", "annotate_R50-FPN_130k_co115-folder.yaml",
-                     "student_R50-FPN_360k_co115-folder.yaml"),
+    "co35-co80": (
+        "teacher_R50-FPN_90k_co35.yaml",
+        "annotate_R50-FPN_90k_co35-co80.yaml",
+        "student_R50-FPN_360k_co35-co80.yaml",
+    ),
+    "co115-un120": (
+        "teacher_R50-FPN_130k_co115.yaml",
+        "annotate_R50-FPN_130k_co115-un120.yaml",
+        "student_R50-FPN_360k_co115-un120.yaml",
+    ),
+    "co115-folder": (
+        "teacher_R50-FPN_130k_co115.yaml",
+        "annotate_R50-FPN_130k_co115-folder.yaml",
+        "student_R50-FPN_360k_co115-folder.yaml",
+    ),
 }
 # What each setting labels and learns from, by registered name.
 SETTING_DATA = {
-    "co35-co80": ("keypoints_coco_2014_valminusminival", "coco_2014_train_unlabeled", "dd_coco_co80_generated"),
+    "co35-co80": (
+        "keypoints_coco_2014_valminusminival",
+        "coco_2014_train_unlabeled",
+        "dd_coco_co80_generated",
+    ),
     "co115-un120": ("keypoints_coco_2017_train", "coco_2017_unlabeled", "dd_coco_un120_generated"),
-    "co115-folder": ("keypoints_coco_2017_train", "sports1m_frames", "dd_sports1m_frames_generated"),
+    "co115-folder": (
+        "keypoints_coco_2017_train",
+        "sports1m_frames",
+        "dd_sports1m_frames_generated",
+    ),
 }
 
 
@@ -493,21 +645,29 @@ def test_coco_setting_configs(setting):
     for cfg in (teacher, annotate, student):
         # R-50-FPN from detectron2's model-zoo ImageNet weights (the annotate config loads the
         # teacher's instead), evaluated on minival, with the paper's views.
-        assert cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone" and cfg.MODEL.RESNETS.DEPTH == 50
+        assert (
+            cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone" and cfg.MODEL.RESNETS.DEPTH == 50
+        )
         assert cfg.MODEL.KEYPOINT_ON and cfg.DATASETS.TEST == ("keypoints_coco_2017_val",)
         assert tuple(cfg.TEST.AUG.MIN_SIZES) == tuple(range(400, 1201, 100)) and cfg.TEST.AUG.FLIP
         assert cfg.DATASETS.TRAIN == (labeled,)
         assert cfg.SOLVER.IMS_PER_BATCH == 16
         for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
             assert name in DatasetCatalog.list(), name
-    assert teacher.MODEL.WEIGHTS == student.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    assert (
+        teacher.MODEL.WEIGHTS
+        == student.MODEL.WEIGHTS
+        == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    )
     # The annotation stage loads the teacher this setting trains, and labels the unlabeled split.
     assert annotate.MODEL.WEIGHTS == f"{teacher.OUTPUT_DIR}/model_final.pth"
     assert annotate.TEST.AUG.ENABLED and annotate.DD.ANNOTATE.DATASETS == (unlabeled,)
     assert annotate.DD.ANNOTATE.SCORE_THRESH == annotate.DD.ANNOTATE.KEYPOINT_THRESH == "auto"
     assert unlabeled in DatasetCatalog.list()
     # The student learns from the labels of that split, at 6 labeled : 4 generated, longer.
-    assert student.DD.STUDENT.GENERATED_DATASETS == (generated,) and generated in DatasetCatalog.list()
+    assert (
+        student.DD.STUDENT.GENERATED_DATASETS == (generated,) and generated in DatasetCatalog.list()
+    )
     assert student.DD.STUDENT.LABELED_FRACTION == 0.6 and student.DD.STUDENT.INIT == "weights"
     assert not teacher.DD.STUDENT.GENERATED_DATASETS
     assert student.SOLVER.MAX_ITER > teacher.SOLVER.MAX_ITER
@@ -519,16 +679,46 @@ def test_coco_setting_configs(setting):
 # The pipeline's tools on the tiny tree, with a tiny model
 # ------------------------------------------------------------------------------------------
 TINY_MODEL = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.BACKBONE.NAME", "build_narrow_resnet_fpn_backbone",
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "8",
-    "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(16, 16)", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.PIXEL_STD", "[57.0, 57.0, 57.0]", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "4",
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "128", "TEST.AUG.MIN_SIZES", "(56, 72)", "TEST.AUG.MAX_SIZE", "160",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SEED", "0",  # detectron2's default (-1) draws a new seed every run
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.BACKBONE.NAME",
+    "build_narrow_resnet_fpn_backbone",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "8",
+    "MODEL.FPN.OUT_CHANNELS",
+    "16",
+    "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS",
+    "(16, 16)",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.PIXEL_STD",
+    "[57.0, 57.0, 57.0]",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "50",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "4",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "TEST.AUG.MIN_SIZES",
+    "(56, 72)",
+    "TEST.AUG.MAX_SIZE",
+    "160",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SEED",
+    "0",  # detectron2's default (-1) draws a new seed every run
 ]
 
 
@@ -548,8 +738,19 @@ def tiny_teacher(tmp_path_factory):
 
 
 def annotate_tool(config_name, root, weights, output, *opts):
-    return run_tool(["tools/annotate_net.py", "--config-file", f"configs/COCO-Keypoints/{config_name}",
-                     "--output", output] + TINY_MODEL + ["MODEL.WEIGHTS", weights] + list(opts), root)
+    return run_tool(
+        [
+            "tools/annotate_net.py",
+            "--config-file",
+            f"configs/COCO-Keypoints/{config_name}",
+            "--output",
+            output,
+        ]
+        + TINY_MODEL
+        + ["MODEL.WEIGHTS", weights]
+        + list(opts),
+        root,
+    )
 
 
 def test_annotate_un120_image_info(tree, tiny_teacher, tmp_path):
@@ -581,8 +782,14 @@ def test_annotate_image_folder(tree, tiny_teacher, tmp_path):
     own = tmp_path / "own images"
     expected = _write_folder(own)
     out = tmp_path / "annotate_own"
-    annotate_tool("annotate_R50-FPN_130k_co115-folder.yaml", tree, tiny_teacher, out,
-                  "DD.ANNOTATE.DATASETS", f"('folder:{own}',)")
+    annotate_tool(
+        "annotate_R50-FPN_130k_co115-folder.yaml",
+        tree,
+        tiny_teacher,
+        out,
+        "DD.ANNOTATE.DATASETS",
+        f"('folder:{own}',)",
+    )
     labels = _load(out / "person_keypoints_generated.json")
     by_id = {i["id"]: i for i in labels["images"]}
     assert sorted(by_id) == sorted(image_id_for(rel) for rel in expected)
@@ -597,19 +804,56 @@ def test_small_setting_pipeline(tree, tmp_path):
     run_tool([PREPARE], tree)  # the command line, once
     # A small learning rate: two steps at the config's 0.02 from random weights can diverge to a
     # model that detects nothing, and this test counts the detections.
-    train_opts = TINY_MODEL + ["MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()",
-                               "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "0.001", "DATASETS.TEST", "()"]
+    train_opts = TINY_MODEL + [
+        "MODEL.WEIGHTS",
+        "",
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.BASE_LR",
+        "0.001",
+        "DATASETS.TEST",
+        "()",
+    ]
     teacher_dir = tmp_path / "teacher"
-    run_tool(["tools/train_net.py", "--config-file", "configs/COCO-Keypoints/teacher_R50-FPN_90k_co35.yaml"]
-             + train_opts + ["SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", teacher_dir], tree)
+    run_tool(
+        [
+            "tools/train_net.py",
+            "--config-file",
+            "configs/COCO-Keypoints/teacher_R50-FPN_90k_co35.yaml",
+        ]
+        + train_opts
+        + ["SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", teacher_dir],
+        tree,
+    )
     weights = teacher_dir / "model_final.pth"
     assert weights.is_file()
 
     out = tmp_path / "annotate"
-    run_tool(["tools/annotate_net.py", "--config-file", "configs/COCO-Keypoints/annotate_R50-FPN_90k_co35-co80.yaml",
-              "--output", out, "--truth", "keypoints_coco_2014_train"] + TINY_MODEL
-             + ["MODEL.WEIGHTS", weights, "DD.ANNOTATE.SCORE_THRESH", "0.0",
-                "DD.ANNOTATE.KEYPOINT_THRESH", "-1e9"], tree)
+    run_tool(
+        [
+            "tools/annotate_net.py",
+            "--config-file",
+            "configs/COCO-Keypoints/annotate_R50-FPN_90k_co35-co80.yaml",
+            "--output",
+            out,
+            "--truth",
+            "keypoints_coco_2014_train",
+        ]
+        + TINY_MODEL
+        + [
+            "MODEL.WEIGHTS",
+            weights,
+            "DD.ANNOTATE.SCORE_THRESH",
+            "0.0",
+            "DD.ANNOTATE.KEYPOINT_THRESH",
+            "-1e9",
+        ],
+        tree,
+    )
     labels = _load(out / "person_keypoints_generated.json")
     assert sorted(i["id"] for i in labels["images"]) == sorted(TRAIN2014)
     assert len(labels["annotations"]) == 4 * len(TRAIN2014)  # thresholds open: all 4 detections
@@ -623,8 +867,12 @@ def test_small_setting_pipeline(tree, tmp_path):
     shutil.copy(out / "person_keypoints_generated.json", generated)
     student_dir = tmp_path / "student"
     student_config = "configs/COCO-Keypoints/student_R50-FPN_360k_co35-co80.yaml"
-    proc = run_tool(["tools/train_net.py", "--config-file", student_config]
-                    + train_opts + ["SOLVER.IMS_PER_BATCH", "5", "OUTPUT_DIR", student_dir], tree)
+    proc = run_tool(
+        ["tools/train_net.py", "--config-file", student_config]
+        + train_opts
+        + ["SOLVER.IMS_PER_BATCH", "5", "OUTPUT_DIR", student_dir],
+        tree,
+    )
     assert (student_dir / "model_final.pth").is_file()
     # 5 images per batch at 0.6: 3 labeled + 2 generated, logged by the student's loader.
     metrics = [json.loads(line) for line in (student_dir / "metrics.json").read_text().splitlines()]

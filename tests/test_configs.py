@@ -1,4 +1,5 @@
 """Every YAML config in configs/ loads on top of detectron2's defaults and add_dd_config."""
+
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,9 @@ from detectron2.config import get_cfg
 from dd_detectron import add_dd_config
 from dd_detectron.config import parse_threshold
 
-CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+CONFIGS = sorted(
+    str(p) for p in (Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml")
+)
 
 
 def test_configs_are_found():
@@ -32,5 +35,7 @@ def test_parse_threshold():
     assert parse_threshold(" AUTO ", "K") is None
     assert parse_threshold("0.25", "K") == 0.25
     assert parse_threshold(0.5, "K") == 0.5
-    with pytest.raises(ValueError, match=r"DD\.ANNOTATE\.SCORE_THRESH must be 'auto' or a number, got 'high'"):
+    with pytest.raises(
+        ValueError, match=r"DD\.ANNOTATE\.SCORE_THRESH must be 'auto' or a number, got 'high'"
+    ):
         parse_threshold("high", "DD.ANNOTATE.SCORE_THRESH")

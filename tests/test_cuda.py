@@ -6,13 +6,14 @@ tools/gpu_check.sh on a GPU machine; skipped without CUDA).
   labeled, the keypoint head switched back on;
 - a 12 MP photo's keypoints are decoded within a bounded amount of GPU memory.
 """
+
 import pytest
 import torch
+from test_tta import H, random_image, run, tiny_cfg
+from tiny_keypoint_rcnn import tiny_model
 
 from dd_detectron.annotation.inputs import SkipUnreadable
 from dd_detectron.modeling.test_time_augmentation import KeypointRCNNWithTTA
-from test_tta import H, random_image, run, tiny_cfg
-from tiny_keypoint_rcnn import tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -65,8 +66,17 @@ def test_real_cuda_out_of_memory_is_recorded_and_freed():
 
     model.roi_heads.box_predictor.register_forward_hook(hook)
     runner = SkipUnreadable(ens)
-    inputs = [{"image": random_image(s), "height": H, "width": 120, "image_id": s,
-               "file_name": f"{s}.jpg", "dd_index": s} for s in range(3)]
+    inputs = [
+        {
+            "image": random_image(s),
+            "height": H,
+            "width": 120,
+            "image_id": s,
+            "file_name": f"{s}.jpg",
+            "dd_index": s,
+        }
+        for s in range(3)
+    ]
     outputs = []
     for x in inputs:
         state["poison"] = x["image_id"] == 1
@@ -84,7 +94,7 @@ def test_12_megapixel_photo_decodes_in_bounded_memory():
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     out = run(ens, image)
-    peak_gib = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+    peak_gib = (torch.cuda.max_memory_allocated() - base) / 2**30
     assert len(out) == 5
     # Unbounded, one 3000 x 4000 box needs 17 x 12M floats, several times over: > 3 GiB.
     assert peak_gib < 1.0, peak_gib

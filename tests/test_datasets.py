@@ -1,5 +1,6 @@
 """The dataset front door: builtin datasets under one root, dataset names that are paths, and
 datasets made ready before their files are read."""
+
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from test_ratio_loader import register_toy_labeled, write_toy_keypoints
 
 from dd_detectron import add_dd_config
 from dd_detectron.data.datasets import (
@@ -24,7 +26,6 @@ from dd_detectron.data.datasets import (
 )
 from dd_detectron.data.datasets.coco import DD_DETECTRON
 from dd_detectron.data.synthetic import SYNTHETIC_SPLITS, TINY_SYNTHETIC_SPLITS, split_files
-from test_ratio_loader import register_toy_labeled, write_toy_keypoints
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,8 +48,10 @@ def _expected_builtin(root):
             expected[spec.name + "_truth"] = [files.truth_json_file, files.image_root]
     for split in PAPER_SPLITS:
         if split.registered_by == DD_DETECTRON:
-            expected[split.dataset_name] = [os.path.join(root, split.json_file),
-                                            os.path.join(root, split.image_root)]
+            expected[split.dataset_name] = [
+                os.path.join(root, split.json_file),
+                os.path.join(root, split.image_root),
+            ]
     for split in BUILTIN_IMAGE_FOLDERS:
         expected[split.name] = [None, os.path.join(root, split.folder)]
     for split in BUILTIN_GENERATED:
@@ -70,8 +73,15 @@ def test_builtin_datasets_lie_under_one_root(tmp_path):
         "print('RESULT', json.dumps(paths))\n"
     )
     env = dict(os.environ, HOME=str(tmp_path), DETECTRON2_DATASETS="~/data")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=str(REPO), env=env, timeout=300,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=str(REPO),
+        env=env,
+        timeout=300,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     registered = json.loads(proc.stdout.split("RESULT ", 1)[1])
     expected = _expected_builtin(str(tmp_path / "data"))
@@ -114,19 +124,26 @@ def test_path_datasets_are_registered_under_the_name_written(tmp_path, monkeypat
     # The same relative name read from another working directory names other data: an error.
     os.makedirs(tmp_path / "elsewhere" / f"labels_{tag}" / "images")
     monkeypatch.chdir(tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match=re.escape(
-        f"DD.ANNOTATE.DATASETS: {folder_name!r} names the folder "
-        f"{tmp_path / 'elsewhere' / f'labels_{tag}' / 'images'}, but is already registered for "
-        f"{tmp_path / f'labels_{tag}' / 'images'}."
-    )):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"DD.ANNOTATE.DATASETS: {folder_name!r} names the folder "
+            f"{tmp_path / 'elsewhere' / f'labels_{tag}' / 'images'}, but is already registered for "
+            f"{tmp_path / f'labels_{tag}' / 'images'}."
+        ),
+    ):
         register_path_datasets(cfg)
 
 
-@pytest.mark.parametrize("key", ["DATASETS.TRAIN", "DATASETS.TEST", "DD.ANNOTATE.DATASETS",
-                                 "DD.STUDENT.GENERATED_DATASETS"])
+@pytest.mark.parametrize(
+    "key",
+    ["DATASETS.TRAIN", "DATASETS.TEST", "DD.ANNOTATE.DATASETS", "DD.STUDENT.GENERATED_DATASETS"],
+)
 def test_path_dataset_errors_name_the_key_and_the_path(tmp_path, key):
-    for name, kind in ((FOLDER_PREFIX + str(tmp_path / "absent"), "folder"),
-                       (str(tmp_path / "absent.json"), "file")):
+    for name, kind in (
+        (FOLDER_PREFIX + str(tmp_path / "absent"), "folder"),
+        (str(tmp_path / "absent.json"), "file"),
+    ):
         cfg = _cfg(**{key.replace(".", "__"): [name]})
         message = f"{key}: {name!r} names the {kind} {tmp_path / 'absent'}"
         with pytest.raises(FileNotFoundError, match=re.escape(message)):

@@ -1,4 +1,5 @@
 """dd_detectron.utils.write_atomic: whole files or nothing."""
+
 import os
 
 import pytest
@@ -42,7 +43,9 @@ def test_atomic_write_syncs_before_the_rename_and_cleans_up_on_error(tmp_path, m
     events = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr("os.fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr("os.replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(
+        "os.replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1]
+    )
     with atomic_write(path, "wb") as f:
         f.write(b"new")
     assert events == ["fsync", "replace"] and open(path, "rb").read() == b"new"

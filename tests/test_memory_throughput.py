@@ -5,6 +5,7 @@ give the same labels, and the timing summary.
 
 Out-of-memory is emulated on the CPU: a hook raises what CUDA raises.
 """
+
 import json
 import os
 
@@ -15,8 +16,12 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import DatasetMapperTTA
 from detectron2.structures import heatmaps_to_keypoints
+from test_annotate import make_dataset
+from test_annotate import tiny_cfg as annotate_cfg
+from test_tta import H, W, random_image, run, tiny_cfg
+from tiny_keypoint_rcnn import tiny_model
 
-from dd_detectron.annotation import STATS_JSON, OUTPUT_JSON, annotate
+from dd_detectron.annotation import OUTPUT_JSON, STATS_JSON, annotate
 from dd_detectron.annotation.inputs import (
     ReadImageOrError,
     SkipUnreadable,
@@ -27,9 +32,6 @@ from dd_detectron.modeling.test_time_augmentation import (
     KeypointRCNNWithTTA,
     bounded_heatmaps_to_keypoints,
 )
-from test_annotate import make_dataset, tiny_cfg as annotate_cfg
-from test_tta import H, W, random_image, run, tiny_cfg
-from tiny_keypoint_rcnn import tiny_model
 
 CUDA_OOM = "CUDA out of memory. Tried to allocate 3.17 GiB (GPU 0; 15.77 GiB total capacity)"
 
@@ -48,8 +50,11 @@ def data(tmp_path_factory):
     """As test_annotate's: a labeled set; 5 good images (ids 100..104) and 3 unreadable files."""
     root = tmp_path_factory.mktemp("memory_data")
     labeled = make_dataset(str(root / "labeled"), 4, seed=1, annotations_per_image=[1, 2, 1, 2])
-    bad = [("truncated.jpg", b"\xff\xd8\xff"), ("not_an_image.jpg", b"hello"),
-           ("missing.jpg", None)]
+    bad = [
+        ("truncated.jpg", b"\xff\xd8\xff"),
+        ("not_an_image.jpg", b"hello"),
+        ("missing.jpg", None),
+    ]
     unlabeled = make_dataset(str(root / "unlabeled"), 5, seed=2, extra_files=bad)
     return labeled, unlabeled
 
@@ -64,7 +69,7 @@ def _peaked_maps(num_rois, num_keypoints=17, side=56, seed=0):
     grid = torch.arange(side, dtype=torch.float32) + 0.5
     dy = grid[None, None, :, None] - centers[..., 1, None, None]
     dx = grid[None, None, None, :] - centers[..., 0, None, None]
-    return 8.0 * torch.exp(-(dx ** 2 + dy ** 2) / (2 * 3.0 ** 2))
+    return 8.0 * torch.exp(-(dx**2 + dy**2) / (2 * 3.0**2))
 
 
 @pytest.fixture
@@ -84,8 +89,14 @@ def interpolate_sizes(monkeypatch):
 
 def test_bounded_decoding_is_detectron2s_when_boxes_fit():
     maps = torch.randn(4, 17, 56, 56, generator=torch.Generator().manual_seed(0))
-    rois = torch.tensor([[3.2, 4.1, 90.7, 200.0], [0.0, 0.0, 0.4, 0.3], [10.0, 20.0, 138.0, 84.5],
-                         [5.5, 6.5, 261.5, 7.0]])
+    rois = torch.tensor(
+        [
+            [3.2, 4.1, 90.7, 200.0],
+            [0.0, 0.0, 0.4, 0.3],
+            [10.0, 20.0, 138.0, 84.5],
+            [5.5, 6.5, 261.5, 7.0],
+        ]
+    )
     exact = heatmaps_to_keypoints(maps, rois)
     assert torch.equal(bounded_heatmaps_to_keypoints(maps, rois, 256), exact)
     assert torch.equal(bounded_heatmaps_to_keypoints(maps, rois, 0), exact)  # 0: no bound
@@ -152,6 +163,7 @@ def test_ensembler_decodes_a_12_megapixel_photo_in_a_bounded_frame(monkeypatch, 
 def _raise_in_box_head(model, when):
     """A hook that raises CUDA's out-of-memory in the box head (heads switched off) when
     ``when()`` is true."""
+
     def hook(module, inputs, output):
         if when():
             raise torch.cuda.OutOfMemoryError(CUDA_OOM)
@@ -181,18 +193,29 @@ def test_heads_are_back_on_after_a_failed_view(error):
 def test_is_out_of_memory():
     assert is_out_of_memory(torch.cuda.OutOfMemoryError(CUDA_OOM))
     assert is_out_of_memory(RuntimeError(CUDA_OOM))
-    assert is_out_of_memory(RuntimeError(
-        "[enforce fail at alloc_cpu.cpp:83] DefaultCPUAllocator: can't allocate memory: you "
-        "tried to allocate 3400000000 bytes"
-    ))
+    assert is_out_of_memory(
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:83] DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 3400000000 bytes"
+        )
+    )
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))
 
 
 def _inputs(images):
-    return [{"image": im, "height": im.shape[1], "width": im.shape[2], "image_id": i,
-             "file_name": f"{i}.jpg", "dd_index": i} for i, im in enumerate(images)]
+    return [
+        {
+            "image": im,
+            "height": im.shape[1],
+            "width": im.shape[2],
+            "image_id": i,
+            "file_name": f"{i}.jpg",
+            "dd_index": i,
+        }
+        for i, im in enumerate(images)
+    ]
 
 
 def test_skip_unreadable_records_out_of_memory_and_goes_on():
@@ -238,8 +261,13 @@ def test_skip_unreadable_stops_on_other_errors():
 
 def test_throughput_helper():
     t = throughput({"data_wait_s": 1.0, "model_s": 3.0, "images": 8})
-    assert t == {"data_wait_s": 1.0, "model_s": 3.0, "images": 8, "images_per_s": 2.0,
-                 "wait_share": 0.25}
+    assert t == {
+        "data_wait_s": 1.0,
+        "model_s": 3.0,
+        "images": 8,
+        "images_per_s": 2.0,
+        "wait_share": 0.25,
+    }
     assert throughput({"data_wait_s": 0.0, "model_s": 0.0, "images": 0})["images_per_s"] == 0.0
 
 

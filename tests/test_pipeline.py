@@ -1,4 +1,5 @@
 """The whole pipeline on the tiny synthetic profile: stages chain, skip when done, resume."""
+
 import argparse
 import json
 import os
@@ -24,8 +25,13 @@ def _args(output_dir, *opts):
         dist_url="auto",
         # Labels by 2 torchrun processes: the CPU path of a sharded annotation stage, end to end.
         opts=[
-            "DD.PIPELINE.OUTPUT_DIR", str(output_dir), "DD.PIPELINE.ANNOTATE_PROCESSES", "2",
-            "DD.PIPELINE.LABEL_PICTURES", "2", *opts,
+            "DD.PIPELINE.OUTPUT_DIR",
+            str(output_dir),
+            "DD.PIPELINE.ANNOTATE_PROCESSES",
+            "2",
+            "DD.PIPELINE.LABEL_PICTURES",
+            "2",
+            *opts,
         ],
     )
 
@@ -53,10 +59,17 @@ def test_every_stage_output_exists_and_feeds_the_next(finished_run):
     assert len(labels["images"]) == 24  # every tiny unlabeled image, kept instances or not
     assert labels["categories"][0]["keypoints"] and labels["categories"][0]["skeleton"]
     record = json.loads((seed / "labels_multiview" / STAGE_RECORD).read_text())
-    assert record["command"][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert record["command"][1:5] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+    ]
     assert "2 processes" in (seed / "labels_multiview" / "log.txt").read_text()
     # The student was trained on those labels: its loader logged generated images.
-    student_log = [json.loads(l) for l in (seed / "student" / "metrics.json").read_text().splitlines()]
+    student_log = [
+        json.loads(l) for l in (seed / "student" / "metrics.json").read_text().splitlines()
+    ]
     assert any(m.get("dd/generated_images") == 2 for m in student_log)
     models = report["per_seed"]["1"]["models"]
     assert set(models) == {"teacher", "student"}
@@ -71,12 +84,14 @@ def test_label_pictures_show_generated_beside_true_labels(finished_run):
     _, out, _ = finished_run
     pictures = sorted((out / "label_pictures").glob("labels_*.jpg"))
     assert len(pictures) == 2
-    labels = json.loads((out / "seed1" / "labels_multiview" / "person_keypoints_generated.json").read_text())
+    labels = json.loads(
+        (out / "seed1" / "labels_multiview" / "person_keypoints_generated.json").read_text()
+    )
     widths = {str(image["id"]): image["width"] for image in labels["images"]}
     for path in pictures:
         picture = cv2.imread(str(path))
         # Two drawings of the image at scale 2 (generated, then true labels), 8 px apart.
-        assert picture.shape[1] == 2 * 2 * widths[path.stem[len("labels_"):]] + 8
+        assert picture.shape[1] == 2 * 2 * widths[path.stem[len("labels_") :]] + 8
 
 
 def test_second_run_skips_finished_stages(finished_run, caplog):
@@ -112,7 +127,13 @@ def test_fingerprint_follows_configs_bases_and_inputs(tmp_path):
     leaf = tmp_path / "leaf.yaml"
     base.write_text("SOLVER:\n  MAX_ITER: 10\n")
     leaf.write_text('_BASE_: "base.yaml"\n')
-    first = Stage("a", "train_net", ["--config-file", str(leaf)], str(tmp_path / "a"), config_files=[str(leaf)])
+    first = Stage(
+        "a",
+        "train_net",
+        ["--config-file", str(leaf)],
+        str(tmp_path / "a"),
+        config_files=[str(leaf)],
+    )
     second = Stage("b", "annotate_net", ["x"], str(tmp_path / "b"), depends_on=["a"])
     runner = StageRunner([first, second], str(REPO / "tools"))
 
@@ -145,5 +166,7 @@ def test_bad_pipeline_config_names_the_key(tmp_path):
         build_stages(cfg, config_dir)
     cfg.DD.PIPELINE.ABLATIONS = ()
     cfg.DD.PIPELINE.STUDENT_CONFIG = str(tmp_path / "missing.yaml")
-    with pytest.raises(ValueError, match=r"DD\.PIPELINE\.STUDENT_CONFIG: config file .*missing\.yaml"):
+    with pytest.raises(
+        ValueError, match=r"DD\.PIPELINE\.STUDENT_CONFIG: config file .*missing\.yaml"
+    ):
         build_stages(cfg, config_dir)

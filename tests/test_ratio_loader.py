@@ -3,6 +3,7 @@
 Toy COCO keypoint datasets are written to tmp dirs by ``write_toy_keypoints`` (also used by
 test_student.py); nothing here needs the synthetic datasets or a GPU.
 """
+
 import argparse
 import collections
 import itertools
@@ -20,7 +21,10 @@ import torch.multiprocessing as mp
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
-from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES
+from detectron2.data.datasets.builtin_meta import (
+    COCO_PERSON_KEYPOINT_FLIP_MAP,
+    COCO_PERSON_KEYPOINT_NAMES,
+)
 from detectron2.utils.events import EventStorage
 
 from dd_detectron import add_dd_config
@@ -61,15 +65,27 @@ def write_toy_keypoints(
             kps = []
             for _ in range(num_keypoints):
                 kps += [float(rng.uniform(x0, x0 + bw)), float(rng.uniform(y0, y0 + bh)), 2]
-            ann = {"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
-                   "bbox": [x0, y0, bw, bh], "area": bw * bh}
+            ann = {
+                "id": len(anns) + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": [x0, y0, bw, bh],
+                "area": bw * bh,
+            }
             if keypoints:
                 ann["keypoints"], ann["num_keypoints"] = kps, num_keypoints
             anns.append(ann)
     data = {
         "images": images,
         "annotations": anns,
-        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES)[:num_keypoints]}],
+        "categories": [
+            {
+                "id": 1,
+                "name": "person",
+                "keypoints": list(COCO_PERSON_KEYPOINT_NAMES)[:num_keypoints],
+            }
+        ],
     }
     json_file = os.path.join(directory, f"toy_{seed}.json")
     with open(json_file, "w") as f:
@@ -83,8 +99,11 @@ def register_toy_labeled(directory, num_images, seed=0):
     json_file = write_toy_keypoints(directory, num_images, seed=seed)
     register_coco_instances(
         name,
-        {"keypoint_names": COCO_PERSON_KEYPOINT_NAMES, "keypoint_flip_map": COCO_PERSON_KEYPOINT_FLIP_MAP,
-         "thing_classes": ["person"]},
+        {
+            "keypoint_names": COCO_PERSON_KEYPOINT_NAMES,
+            "keypoint_flip_map": COCO_PERSON_KEYPOINT_FLIP_MAP,
+            "thing_classes": ["person"],
+        },
         json_file,
         "",
     )
@@ -93,8 +112,10 @@ def register_toy_labeled(directory, num_images, seed=0):
 
 def toy_dicts(prefix, n):
     """Minimal dataset dicts (no image files) for loaders run with an identity mapper."""
-    return [{"file_name": f"{prefix}{i}", "width": TOY_SIZES[i % 2][0], "height": TOY_SIZES[i % 2][1]}
-            for i in range(n)]
+    return [
+        {"file_name": f"{prefix}{i}", "width": TOY_SIZES[i % 2][0], "height": TOY_SIZES[i % 2][1]}
+        for i in range(n)
+    ]
 
 
 def identity(record):
@@ -106,8 +127,15 @@ def simulated_loaders(B, f, W, *, n_labeled=23, n_generated=17, seed=3, grouping
     labeled, generated = toy_dicts("L", n_labeled), toy_dicts("G", n_generated)
     return [
         build_ratio_train_loader(
-            labeled, generated, mapper=identity, total_batch_size=B, labeled_fraction=f,
-            aspect_ratio_grouping=grouping, seed=seed, rank=r, world_size=W,
+            labeled,
+            generated,
+            mapper=identity,
+            total_batch_size=B,
+            labeled_fraction=f,
+            aspect_ratio_grouping=grouping,
+            seed=seed,
+            rank=r,
+            world_size=W,
         )
         for r in range(W)
     ]
@@ -183,12 +211,14 @@ def test_each_image_once_per_pass_across_ranks(W):
     # B = 8, f = 0.5: 4 labeled + 4 generated per global minibatch. 12 labeled images: a pass
     # every 3 iterations; 7 generated images: passes straddle minibatches.
     n_labeled, n_generated, iterations = 12, 7, 21
-    loaders = simulated_loaders(8, 0.5, W, n_labeled=n_labeled, n_generated=n_generated, grouping=False)
+    loaders = simulated_loaders(
+        8, 0.5, W, n_labeled=n_labeled, n_generated=n_generated, grouping=False
+    )
     for source, n in (("labeled", n_labeled), ("generated", n_generated)):
         stream = source_stream(loaders, source, iterations)
         assert len(stream) == iterations * 4
         for start in range(0, len(stream), n):
-            one_pass = stream[start:start + n]
+            one_pass = stream[start : start + n]
             assert len(set(one_pass)) == len(one_pass)  # nobody draws an image twice in a pass
             if len(one_pass) == n:
                 assert sorted(one_pass) == sorted(f"{source[0].upper()}{i}" for i in range(n))
@@ -202,16 +232,20 @@ def test_sampler_slots_partition_the_global_stream(W):
     plan, size, blocks = RatioPlan(6 * W, 0.5, W), 11, 30
     counts = plan.counts("labeled")
     per_rank = [
-        list(itertools.islice(
-            SourceSlotSampler(size, plan.num_labeled, plan.offset("labeled", r), counts[r], seed=5),
-            blocks * counts[r],
-        ))
+        list(
+            itertools.islice(
+                SourceSlotSampler(
+                    size, plan.num_labeled, plan.offset("labeled", r), counts[r], seed=5
+                ),
+                blocks * counts[r],
+            )
+        )
         for r in range(W)
     ]
     stream, owners = [], []
     for t in range(blocks):
         for r in range(W):
-            stream += per_rank[r][t * counts[r]:(t + 1) * counts[r]]
+            stream += per_rank[r][t * counts[r] : (t + 1) * counts[r]]
             owners += [r] * counts[r]
     # The ranks' slots, put back in slot order, are exactly the shared shuffled stream.
     g = torch.Generator()
@@ -219,19 +253,33 @@ def test_sampler_slots_partition_the_global_stream(W):
     reference = []
     while len(reference) < len(stream):
         reference += torch.randperm(size, generator=g).tolist()
-    assert stream == reference[:len(stream)]
+    assert stream == reference[: len(stream)]
     # So within every pass the ranks draw disjoint sets that together are every image once.
     for start in range(0, len(stream) - size + 1, size):
-        drawn = [{i for i, o in zip(stream[start:start + size], owners[start:start + size]) if o == r}
-                 for r in range(W)]
+        drawn = [
+            {
+                i
+                for i, o in zip(stream[start : start + size], owners[start : start + size])
+                if o == r
+            }
+            for r in range(W)
+        ]
         assert sum(map(len, drawn)) == size and set().union(*drawn) == set(range(size))
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
     def names(seed):
         labeled, generated = toy_dicts("L", 23), toy_dicts("G", 17)
-        loader = build_ratio_train_loader(labeled, generated, mapper=identity, total_batch_size=8,
-                                          labeled_fraction=0.6, seed=seed, rank=0, world_size=1)
+        loader = build_ratio_train_loader(
+            labeled,
+            generated,
+            mapper=identity,
+            total_batch_size=8,
+            labeled_fraction=0.6,
+            seed=seed,
+            rank=0,
+            world_size=1,
+        )
         return [[r["file_name"] for r in b] for b in itertools.islice(loader, 15)]
 
     assert names(11) == names(11)
@@ -239,19 +287,36 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
 
 def test_dataloader_workers_keep_exact_counts():
-    loader = build_ratio_train_loader(toy_dicts("L", 9), toy_dicts("G", 13), mapper=identity, total_batch_size=5,
-                                      labeled_fraction=0.6, num_workers=2, seed=0, rank=0, world_size=1)
+    loader = build_ratio_train_loader(
+        toy_dicts("L", 9),
+        toy_dicts("G", 13),
+        mapper=identity,
+        total_batch_size=5,
+        labeled_fraction=0.6,
+        num_workers=2,
+        seed=0,
+        rank=0,
+        world_size=1,
+    )
     for batch in itertools.islice(loader, 6):
         assert collections.Counter(r[SOURCE_KEY] for r in batch) == {"labeled": 3, "generated": 2}
 
 
 def _gloo_worker(rank, world_size, rendezvous, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size
+    )
     # No seed, rank or world size given: taken from the process group, seed shared by it.
-    loader = SourceCountingLoader(build_ratio_train_loader(
-        toy_dicts("L", 12), toy_dicts("G", 18), mapper=identity, total_batch_size=6,
-        labeled_fraction=0.5, aspect_ratio_grouping=False,
-    ))
+    loader = SourceCountingLoader(
+        build_ratio_train_loader(
+            toy_dicts("L", 12),
+            toy_dicts("G", 18),
+            mapper=identity,
+            total_batch_size=6,
+            labeled_fraction=0.5,
+            aspect_ratio_grouping=False,
+        )
+    )
     batches, scalars = [], []
     with EventStorage() as storage:
         for batch in itertools.islice(loader, 4):
@@ -268,7 +333,9 @@ def _gloo_worker(rank, world_size, rendezvous, out_dir):
 
 
 def test_two_gloo_ranks_draw_disjoint_images(tmp_path):
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(
+        _gloo_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True
+    )
     ranks = []
     for r in range(2):
         with open(tmp_path / f"rank{r}.json") as f:
@@ -286,14 +353,26 @@ def test_two_gloo_ranks_draw_disjoint_images(tmp_path):
     # Both ranks log the GLOBAL counts.
     for r in range(2):
         for s in ranks[r]["scalars"]:
-            assert (s["dd/labeled_images"], s["dd/generated_images"], s["dd/labeled_fraction"]) == (3, 3, 0.5)
+            assert (s["dd/labeled_images"], s["dd/generated_images"], s["dd/labeled_fraction"]) == (
+                3,
+                3,
+                0.5,
+            )
 
 
 def test_counting_loader_puts_scalars_every_iteration():
-    loader = SourceCountingLoader(build_ratio_train_loader(
-        toy_dicts("L", 9), toy_dicts("G", 13), mapper=identity, total_batch_size=5, labeled_fraction=0.6,
-        seed=0, rank=0, world_size=1,
-    ))
+    loader = SourceCountingLoader(
+        build_ratio_train_loader(
+            toy_dicts("L", 9),
+            toy_dicts("G", 13),
+            mapper=identity,
+            total_batch_size=5,
+            labeled_fraction=0.6,
+            seed=0,
+            rank=0,
+            world_size=1,
+        )
+    )
     assert loader.plan.num_labeled == 3  # the wrapped loader's attributes stay reachable
     with EventStorage() as storage:
         for _ in itertools.islice(loader, 3):
@@ -343,12 +422,16 @@ def test_config_loader_maps_and_tags_both_sources(tmp_path):
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, -0.2])
 def test_fraction_outside_open_interval(fraction):
-    with pytest.raises(ValueError, match=r"DD\.STUDENT\.LABELED_FRACTION must be in the open interval \(0, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"DD\.STUDENT\.LABELED_FRACTION must be in the open interval \(0, 1\)"
+    ):
         RatioPlan(16, fraction)
 
 
 def test_fraction_outside_interval_fails_before_reading_data():
-    cfg = student_cfg("no_such_dataset", ["no_such_generated"], **{"DD.STUDENT.LABELED_FRACTION": 1.5})
+    cfg = student_cfg(
+        "no_such_dataset", ["no_such_generated"], **{"DD.STUDENT.LABELED_FRACTION": 1.5}
+    )
     with pytest.raises(ValueError, match=r"DD\.STUDENT\.LABELED_FRACTION"):
         build_ratio_train_loader(cfg)
 
@@ -361,7 +444,9 @@ def test_fraction_leaving_a_source_empty(fraction, source):
 
 
 def test_batch_not_divisible_by_ranks():
-    with pytest.raises(ValueError, match=r"SOLVER\.IMS_PER_BATCH=10 must be divisible by the number of ranks \(4\)"):
+    with pytest.raises(
+        ValueError, match=r"SOLVER\.IMS_PER_BATCH=10 must be divisible by the number of ranks \(4\)"
+    ):
         RatioPlan(10, 0.6, 4)
 
 
@@ -372,8 +457,10 @@ def _write_json(path, data):
 
 
 def test_generated_json_with_no_images(tmp_path):
-    path = _write_json(tmp_path / "empty.json", {"images": [], "annotations": [],
-                                                 "categories": [{"id": 1, "name": "person"}]})
+    path = _write_json(
+        tmp_path / "empty.json",
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]},
+    )
     name = f"gen_{uuid.uuid4().hex[:8]}"
     register_generated_keypoints(name, path)
     with pytest.raises(ValueError, match=rf"{path}: the generated dataset '{name}' has no images"):
@@ -399,26 +486,38 @@ def test_generated_keypoints_must_match_labeled(tmp_path):
     path = write_toy_keypoints(str(tmp_path / "gen"), 3, seed=5, num_keypoints=5)
     cfg = student_cfg(labeled, [path])
     register_path_datasets(cfg)
-    with pytest.raises(ValueError, match=r"GENERATED_DATASETS=.*has 15 keypoint values, expected 3 \* 17 = 51"):
+    with pytest.raises(
+        ValueError, match=r"GENERATED_DATASETS=.*has 15 keypoint values, expected 3 \* 17 = 51"
+    ):
         build_ratio_train_loader(cfg, seed=0)
 
 
 def test_missing_or_unknown_generated_dataset(tmp_path):
     missing = str(tmp_path / "nowhere.json")
-    with pytest.raises(FileNotFoundError, match=re.escape(
-        f"DD.STUDENT.GENERATED_DATASETS: {missing!r} names the file {missing}, which does not exist"
-    )):
+    with pytest.raises(
+        FileNotFoundError,
+        match=re.escape(
+            f"DD.STUDENT.GENERATED_DATASETS: {missing!r} names the file {missing}, which does not exist"
+        ),
+    ):
         register_path_datasets(student_cfg("unused", [missing]))
     # The loader takes registered names only, and says who registers paths.
     for unknown in ("not_registered", str(tmp_path / "never_registered.json")):
         cfg = student_cfg("unused", [unknown])
-        with pytest.raises(KeyError, match=re.escape(f"{unknown!r} is not a registered dataset")
-                           + r".*register_path_datasets\(cfg\)"):
+        with pytest.raises(
+            KeyError,
+            match=re.escape(f"{unknown!r} is not a registered dataset")
+            + r".*register_path_datasets\(cfg\)",
+        ):
             build_ratio_train_loader(cfg, labeled_dataset=toy_dicts("L", 3), seed=0)
     with pytest.raises(ValueError, match=r"DD\.STUDENT\.GENERATED_DATASETS is empty"):
-        build_ratio_train_loader(student_cfg("unused", []), labeled_dataset=toy_dicts("L", 3), seed=0)
+        build_ratio_train_loader(
+            student_cfg("unused", []), labeled_dataset=toy_dicts("L", 3), seed=0
+        )
     # A builtin name whose file was not written yet says which file is missing.
-    with pytest.raises(FileNotFoundError, match=r"dd_generated/coco_un120_keypoints\.json .* does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match=r"dd_generated/coco_un120_keypoints\.json .* does not exist"
+    ):
         DatasetCatalog.get("dd_coco_un120_generated")
 
 

@@ -1,4 +1,5 @@
 """The set-up script's detectron2 logic: fallback build, sha256 check, pins, placeholder ops."""
+
 import hashlib
 import io
 import tarfile
@@ -65,7 +66,10 @@ def test_fallback_tree_is_pure_python_project_with_placeholder(tmp_path, setup_e
         ("x = np.float(1)\n", ["numpy<1.24", "setuptools<81"]),
         ("def f(interp=Image.LINEAR): pass\n", ["Pillow<10", "setuptools<81"]),
         # Sized aliases and attribute access on them are still in numpy >= 1.24.
-        ("a = np.int32(1); b = np.float64(2); c = np.bool_(1); d = np.int.__name__\n", ["setuptools<81"]),
+        (
+            "a = np.int32(1); b = np.float64(2); c = np.bool_(1); d = np.int.__name__\n",
+            ["setuptools<81"],
+        ),
         ("y = 1\n", ["setuptools<81"]),
     ],
 )

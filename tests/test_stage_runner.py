@@ -1,5 +1,6 @@
 """The pipeline's stage scheduler on stand-in stages (short Python commands, no training):
 dependency order, stages side by side, failure handling, the plan's ablation seeds."""
+
 import json
 import sys
 from pathlib import Path
@@ -37,7 +38,9 @@ class ScriptRunner(StageRunner):
 
 def _stage(tmp_path, name, depends=(), wait_for=None, code=0):
     wait = str(tmp_path / wait_for) if wait_for else "-"
-    return Stage(name, "train_net", [wait, str(code)], str(tmp_path / name), depends_on=list(depends))
+    return Stage(
+        name, "train_net", [wait, str(code)], str(tmp_path / name), depends_on=list(depends)
+    )
 
 
 def _span(tmp_path, name):
@@ -95,7 +98,9 @@ def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
 
 def test_runner_rejects_bad_order_and_parallelism(tmp_path):
     late = [_stage(tmp_path, "student", ["teacher"]), _stage(tmp_path, "teacher")]
-    with pytest.raises(ValueError, match=r"student depends on \['teacher'\], which are not listed before it"):
+    with pytest.raises(
+        ValueError, match=r"student depends on \['teacher'\], which are not listed before it"
+    ):
         StageRunner(late, TOOLS)
     with pytest.raises(ValueError, match="parallel must be >= 1, got 0"):
         StageRunner([_stage(tmp_path, "a")], TOOLS, parallel=0)
@@ -130,11 +135,23 @@ def test_ablations_run_on_the_first_seed_unless_told(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     names = _full_plan()
     headline = ["teacher", "labels_multiview", "student"]
-    ablations = ["labels_singleview", "student_singleview", "student_finetune", "labels_shifted", "student_shifted", "oracle"]
-    assert names == [f"seed1/{r}" for r in headline + ablations] + [f"seed{k}/{r}" for k in (2, 3) for r in headline]
+    ablations = [
+        "labels_singleview",
+        "student_singleview",
+        "student_finetune",
+        "labels_shifted",
+        "student_shifted",
+        "oracle",
+    ]
+    assert names == [f"seed1/{r}" for r in headline + ablations] + [
+        f"seed{k}/{r}" for k in (2, 3) for r in headline
+    ]
     names = _full_plan(ABLATION_SEEDS=(1, 3))
     assert "seed3/oracle" in names and "seed2/oracle" not in names and "seed1/oracle" in names
-    with pytest.raises(ValueError, match=r"DD\.PIPELINE\.ABLATION_SEEDS: \[7\] not in DD\.PIPELINE\.SEEDS \(1, 2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"DD\.PIPELINE\.ABLATION_SEEDS: \[7\] not in DD\.PIPELINE\.SEEDS \(1, 2, 3\)",
+    ):
         _full_plan(ABLATION_SEEDS=(7,))
 
 
@@ -143,7 +160,12 @@ def _fake_training(folder, *aps):
     folder.mkdir(parents=True)
     lines = [{"iteration": 10 * i + 9, "total_loss": 1.0} for i in range(len(aps))]
     lines += [
-        {"iteration": 10 * i + 9, **{f"keypoints/{m}": ap + k for k, m in enumerate(("AP", "AP50", "AP75", "APm", "APl"))}}
+        {
+            "iteration": 10 * i + 9,
+            **{
+                f"keypoints/{m}": ap + k for k, m in enumerate(("AP", "AP50", "AP75", "APm", "APl"))
+            },
+        }
         for i, ap in enumerate(aps)
     ]
     # detectron2's final evaluation comes after the loop, logged at MAX_ITER (no training line).
@@ -168,12 +190,16 @@ def test_report_gains_and_view_comparison(tmp_path):
     _fake_labels(tmp_path / "seed1" / "labels_singleview", 9.0)
     _fake_training(tmp_path / "seed2" / "teacher", 9.0)
     _fake_training(tmp_path / "seed2" / "student", 8.5)
-    report = build_report(str(tmp_path), (1, 2), {"seed1/teacher": 60.0, "seed2/teacher": 30.0}, "val")
+    report = build_report(
+        str(tmp_path), (1, 2), {"seed1/teacher": 60.0, "seed2/teacher": 30.0}, "val"
+    )
     summary = report["summary"]
     # The last evaluation of each run counts: +3.5 and -0.5.
     assert summary["student_minus_teacher_AP"] == [3.5, -0.5]
     assert summary["mean_gain"] == 1.5 and summary["min_gain"] == -0.5
-    assert summary["multiview_vs_singleview"] == [{"seed": "1", "label_AP": [13.0, 9.0], "student_AP": [11.5, 10.0]}]
+    assert summary["multiview_vs_singleview"] == [
+        {"seed": "1", "label_AP": [13.0, 9.0], "student_AP": [11.5, 10.0]}
+    ]
     curve = report["per_seed"]["1"]["teacher_curve"]
     assert [(c["iterations_done"], c["AP"]) for c in curve] == [(10, 2.0), (20, 8.0)]
     text = report_markdown(report)
@@ -194,8 +220,14 @@ def test_several_machines_run_one_annotation_job_with_one_fingerprint(monkeypatc
     plans = [build_stages(cfg, str(FULL.parent), 8, 2, rank, url) for rank in (0, 1)]
     labels = [next(s for s in plan if s.tool == "annotate_net") for plan in plans]
     for rank, stage in enumerate(labels):
-        assert stage.launcher == ["-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=4",
-                                  "--master_addr=10.1.2.3", "--master_port=29517"]
+        assert stage.launcher == [
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=4",
+            "--master_addr=10.1.2.3",
+            "--master_port=29517",
+        ]
         assert stage.node_args == [f"--node_rank={rank}"]
         command = StageRunner(plans[rank], TOOLS, machine_rank=rank)._command(stage, False)
         assert command.index(f"--node_rank={rank}") < command.index(f"{TOOLS}/annotate_net.py")

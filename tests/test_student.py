@@ -1,4 +1,5 @@
 """Student training: a few-iteration run on labeled + generated toy data, init rules, configs."""
+
 import argparse
 import json
 import math
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from detectron2.config import get_cfg
+from test_ratio_loader import register_toy_labeled, write_toy_keypoints
 
 from dd_detectron import add_dd_config
 from dd_detectron.data import register_path_datasets
 from dd_detectron.engine import DDTrainer, apply_student_init
-from test_ratio_loader import register_toy_labeled, write_toy_keypoints
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,9 @@ def tiny_student_cfg(tmp_path):
     cfg.DATASETS.TRAIN = (register_toy_labeled(str(tmp_path / "labeled"), 6, seed=1),)
     cfg.DATASETS.TEST = (register_toy_labeled(str(tmp_path / "val"), 3, seed=3),)
     # A path entry, like the annotation stage's output: registered as the tools' setup does.
-    cfg.DD.STUDENT.GENERATED_DATASETS = (write_toy_keypoints(str(tmp_path / "generated"), 4, seed=2),)
+    cfg.DD.STUDENT.GENERATED_DATASETS = (
+        write_toy_keypoints(str(tmp_path / "generated"), 4, seed=2),
+    )
     cfg.DD.STUDENT.LABELED_FRACTION = 0.6
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.SOLVER.IMS_PER_BATCH = 5
@@ -117,24 +120,37 @@ def test_student_starts_from_model_weights():
 
 def test_student_never_silently_starts_from_the_teacher(tmp_path):
     teacher = str(tmp_path / "teacher" / "model_final.pth")
-    cfg = init_cfg(weights=str(tmp_path / "teacher" / ".." / "teacher" / "model_final.pth"), teacher=teacher)
-    with pytest.raises(ValueError, match=r"MODEL\.WEIGHTS is the teacher checkpoint .* DD\.STUDENT\.INIT is 'weights'"):
+    cfg = init_cfg(
+        weights=str(tmp_path / "teacher" / ".." / "teacher" / "model_final.pth"), teacher=teacher
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"MODEL\.WEIGHTS is the teacher checkpoint .* DD\.STUDENT\.INIT is 'weights'",
+    ):
         apply_student_init(cfg)
 
 
 def test_explicit_fine_tuning_from_the_teacher():
     cfg = init_cfg(init="teacher", weights="imagenet.pkl", teacher="teacher/model_final.pth")
-    assert "fine-tuning from the teacher checkpoint teacher/model_final.pth" in apply_student_init(cfg)
+    assert "fine-tuning from the teacher checkpoint teacher/model_final.pth" in apply_student_init(
+        cfg
+    )
     assert cfg.MODEL.WEIGHTS == "teacher/model_final.pth"
 
 
 def test_teacher_init_without_teacher_weights():
-    with pytest.raises(ValueError, match=r"DD\.STUDENT\.INIT is 'teacher' but DD\.STUDENT\.TEACHER_WEIGHTS is empty"):
+    with pytest.raises(
+        ValueError,
+        match=r"DD\.STUDENT\.INIT is 'teacher' but DD\.STUDENT\.TEACHER_WEIGHTS is empty",
+    ):
         apply_student_init(init_cfg(init="teacher"))
 
 
 def test_unknown_init():
-    with pytest.raises(ValueError, match=r"DD\.STUDENT\.INIT must be one of \('weights', 'teacher'\), got 'imagenet'"):
+    with pytest.raises(
+        ValueError,
+        match=r"DD\.STUDENT\.INIT must be one of \('weights', 'teacher'\), got 'imagenet'",
+    ):
         apply_student_init(init_cfg(init="imagenet"))
 
 
@@ -146,9 +162,23 @@ def test_not_a_student_is_left_alone():
 def test_train_net_setup_applies_teacher_init(tmp_path, load_tool):
     train_net = load_tool("train_net")
     args = argparse.Namespace(
-        config_file=str(REPO / "configs" / "COCO-Keypoints" / "student_R50-FPN_360k_co115-un120.yaml"),
-        opts=["DD.STUDENT.INIT", "teacher", "DD.STUDENT.TEACHER_WEIGHTS", "t.pth", "OUTPUT_DIR", str(tmp_path)],
-        eval_only=False, num_gpus=1, num_machines=1, machine_rank=0, dist_url="", resume=False,
+        config_file=str(
+            REPO / "configs" / "COCO-Keypoints" / "student_R50-FPN_360k_co115-un120.yaml"
+        ),
+        opts=[
+            "DD.STUDENT.INIT",
+            "teacher",
+            "DD.STUDENT.TEACHER_WEIGHTS",
+            "t.pth",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ],
+        eval_only=False,
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
+        dist_url="",
+        resume=False,
     )
     cfg = train_net.setup(args)
     assert cfg.MODEL.WEIGHTS == "t.pth"

@@ -1,4 +1,5 @@
 """Tests of the embedded synthetic person-keypoint dataset (generator, files, registration)."""
+
 import dataclasses
 import json
 import os
@@ -184,7 +185,7 @@ def test_keypoint_metadata_and_skeleton(tiny_root):
     flat = [n for pair in COCO_PERSON_KEYPOINT_FLIP_MAP for n in pair]
     assert sorted(flat) == sorted(n for n in COCO_PERSON_KEYPOINT_NAMES if n != "nose")
     for a, b in COCO_PERSON_KEYPOINT_FLIP_MAP:
-        assert a.startswith("left_") and b == "right_" + a[len("left_"):]
+        assert a.startswith("left_") and b == "right_" + a[len("left_") :]
     # skeleton: 19 distinct 1-based pairs, closed under the horizontal flip
     sk = {tuple(sorted(p)) for p in syn.COCO_PERSON_SKELETON}
     assert len(syn.COCO_PERSON_SKELETON) == 19 and len(sk) == 19
@@ -284,8 +285,15 @@ def _standing(yaw=0.0):
     # Arms held out sideways so wrists and elbows are clear of the body.
     arm = (60.0, 0.0, 0.0, 0.0)
     leg = (8.0, 0.0, 0.0)
-    return Pose(yaw=yaw, head_turn=0.0, lean_forward=0.0, lean_side=0.0, tilt=0.0,
-                arms=(arm, arm), legs=(leg, leg))
+    return Pose(
+        yaw=yaw,
+        head_turn=0.0,
+        lean_forward=0.0,
+        lean_side=0.0,
+        tilt=0.0,
+        arms=(arm, arm),
+        legs=(leg, leg),
+    )
 
 
 def _figure(pose, center=(100.0, 100.0), height=140.0, depth=-100.0):
@@ -347,8 +355,15 @@ def test_self_occlusion_of_turned_bodies():
     # Profile facing image-right: the person's left side is the far side.
     arm_down = (5.0, 0.0, 0.0, 0.0)
     leg = (0.0, 0.0, 0.0)
-    pose = Pose(yaw=90.0, head_turn=0.0, lean_forward=0.0, lean_side=0.0, tilt=0.0,
-                arms=(arm_down, arm_down), legs=(leg, leg))
+    pose = Pose(
+        yaw=90.0,
+        head_turn=0.0,
+        lean_forward=0.0,
+        lean_side=0.0,
+        tilt=0.0,
+        arms=(arm_down, arm_down),
+        legs=(leg, leg),
+    )
     _, (side,) = render_scene(bg, [_figure(pose)])
     v = _vis(side)
     assert v[KP["left_shoulder"]] == 1 and v[KP["right_shoulder"]] == 2
@@ -403,7 +418,9 @@ def test_ground_truth_as_predictions_scores_100_ap(tmp_path, clean_registry):
             inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
             inst.scores = torch.ones(len(anns))
             inst.pred_classes = torch.zeros(len(anns), dtype=torch.long)
-            kp = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).reshape(-1, 17, 3)
+            kp = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).reshape(
+                -1, 17, 3
+            )
             kp[:, :, 2] = 1.0
             inst.pred_keypoints = kp
             evaluator.process([{"image_id": r["image_id"]}], [{"instances": inst}])

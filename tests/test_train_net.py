@@ -1,4 +1,5 @@
 """A few-iteration teacher run through tools/train_net.py: train, checkpoint, reload, keypoint AP."""
+
 import argparse
 import dataclasses
 import json
@@ -21,7 +22,9 @@ def tiny_splits(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("train_net_data"))
     by_name = {s.name: s for s in SYNTHETIC_SPLITS}
     specs = [
-        dataclasses.replace(by_name["synthetic_kp_labeled"], name="test_train_net_labeled", num_images=6),
+        dataclasses.replace(
+            by_name["synthetic_kp_labeled"], name="test_train_net_labeled", num_images=6
+        ),
         dataclasses.replace(by_name["synthetic_kp_val"], name="test_train_net_val", num_images=4),
     ]
     register_synthetic_keypoints(root=root, splits=specs)
@@ -38,18 +41,28 @@ def _args(config, output_dir, *opts, eval_only=False, resume=False):
         machine_rank=0,
         dist_url="auto",
         opts=[
-            "DATASETS.TRAIN", "('test_train_net_labeled',)",
-            "DATASETS.TEST", "('test_train_net_val',)",
-            "OUTPUT_DIR", str(output_dir),
-            "SOLVER.IMS_PER_BATCH", "2",
-            "SOLVER.MAX_ITER", "3",
-            "SOLVER.CHECKPOINT_PERIOD", "2",
-            "SOLVER.WARMUP_ITERS", "1",
-            "TEST.EVAL_PERIOD", "0",
-            "DATALOADER.NUM_WORKERS", "0",
+            "DATASETS.TRAIN",
+            "('test_train_net_labeled',)",
+            "DATASETS.TEST",
+            "('test_train_net_val',)",
+            "OUTPUT_DIR",
+            str(output_dir),
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "TEST.EVAL_PERIOD",
+            "0",
+            "DATALOADER.NUM_WORKERS",
+            "0",
             # An untrained model scores below the default 0.05; keep every detection so that the
             # evaluator has predictions to match.
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
             *opts,
         ],
     )

@@ -3,6 +3,7 @@
 Random-weight tiny models on CPU: the properties tested (identity view = plain inference, flip
 equivariance of the {identity, flip} ensemble) hold for any weights.
 """
+
 import argparse
 import os
 
@@ -10,8 +11,12 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES
+from detectron2.data.datasets.builtin_meta import (
+    COCO_PERSON_KEYPOINT_FLIP_MAP,
+    COCO_PERSON_KEYPOINT_NAMES,
+)
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
+from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
 
 from dd_detectron.modeling.test_time_augmentation import (
     HeatmapReducer,
@@ -19,7 +24,6 @@ from dd_detectron.modeling.test_time_augmentation import (
     box_voting,
     unflip_keypoint_logits,
 )
-from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
 
 META = "dd_test_tta_keypoint_meta"
 MetadataCatalog.get(META).set(
@@ -32,8 +36,17 @@ H, W = 96, 120  # W is not a multiple of 32: the batch is padded on the right
 def tiny_cfg(*opts):
     """The tiny model at H, one identity view, 5 detections per image."""
     return tiny_keypoint_rcnn_cfg(
-        "TEST.DETECTIONS_PER_IMAGE", 5, "DATASETS.TRAIN", (META,), "INPUT.MIN_SIZE_TEST", H,
-        "TEST.AUG.MIN_SIZES", (H,), "TEST.AUG.FLIP", False, *opts,
+        "TEST.DETECTIONS_PER_IMAGE",
+        5,
+        "DATASETS.TRAIN",
+        (META,),
+        "INPUT.MIN_SIZE_TEST",
+        H,
+        "TEST.AUG.MIN_SIZES",
+        (H,),
+        "TEST.AUG.FLIP",
+        False,
+        *opts,
     )
 
 
@@ -44,7 +57,9 @@ def random_image(seed=0, h=H, w=W):
 
 def run(model, image):
     with torch.no_grad():
-        return model([{"image": image, "height": image.shape[1], "width": image.shape[2]}])[0]["instances"]
+        return model([{"image": image, "height": image.shape[1], "width": image.shape[2]}])[0][
+            "instances"
+        ]
 
 
 def test_identity_view_equals_plain_inference():
@@ -78,8 +93,28 @@ def _match(a, b):
     "seed,opts",
     [
         (0, ()),
-        (1, ("DD.TTA.KEYPOINT_REDUCE", "max", "DD.TTA.BOX_VOTING", True, "DD.TTA.BOX_VOTING_IOU", 0.5)),
-        (2, ("DD.TTA.CACHE_FEATURES", False, "DD.TTA.SCALE_SIZE_DEP", True, "DD.TTA.AREA_TH", 1500.0)),
+        (
+            1,
+            (
+                "DD.TTA.KEYPOINT_REDUCE",
+                "max",
+                "DD.TTA.BOX_VOTING",
+                True,
+                "DD.TTA.BOX_VOTING_IOU",
+                0.5,
+            ),
+        ),
+        (
+            2,
+            (
+                "DD.TTA.CACHE_FEATURES",
+                False,
+                "DD.TTA.SCALE_SIZE_DEP",
+                True,
+                "DD.TTA.AREA_TH",
+                1500.0,
+            ),
+        ),
     ],
 )
 def test_flip_equivariance_for_random_weights(seed, opts):
@@ -169,13 +204,17 @@ def test_recompute_equals_cache():
     model = tiny_model(tiny_cfg(*opts))
     image = random_image(3)
     cached = run(KeypointRCNNWithTTA(tiny_cfg(*opts), model), image)
-    recomputed = run(KeypointRCNNWithTTA(tiny_cfg(*opts, "DD.TTA.CACHE_FEATURES", False), model), image)
+    recomputed = run(
+        KeypointRCNNWithTTA(tiny_cfg(*opts, "DD.TTA.CACHE_FEATURES", False), model), image
+    )
     assert torch.equal(cached.pred_boxes.tensor, recomputed.pred_boxes.tensor)
     assert torch.equal(cached.pred_keypoints, recomputed.pred_keypoints)
 
 
 def test_views_are_batched_by_size():
-    cfg = tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128), "DD.TTA.VIEW_BATCH_SIZE", 2)
+    cfg = tiny_cfg(
+        "TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128), "DD.TTA.VIEW_BATCH_SIZE", 2
+    )
     ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
     views, _ = ens._get_augmented_inputs({"image": random_image(), "height": H, "width": W})
     assert ens._view_batches(views) == [[0, 1], [2, 3], [4, 5]]
@@ -184,7 +223,9 @@ def test_views_are_batched_by_size():
     run(ens, random_image())
     assert calls == [2, 2, 2]  # one backbone pass per view (pair), none for keypoints
     # Automatic batch size on CPU: one view at a time; the same results.
-    auto = KeypointRCNNWithTTA(tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128)), ens.model)
+    auto = KeypointRCNNWithTTA(
+        tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128)), ens.model
+    )
     assert auto.batch_size == 1
     calls.clear()
     one = run(auto, random_image())
@@ -198,7 +239,9 @@ def test_scale_size_dep_masks():
     ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
     from detectron2.structures import Boxes, Instances
 
-    merged = Instances((H, W), pred_boxes=Boxes(torch.tensor([[0.0, 0.0, 5.0, 5.0], [0.0, 0.0, 50.0, 50.0]])))
+    merged = Instances(
+        (H, W), pred_boxes=Boxes(torch.tensor([[0.0, 0.0, 5.0, 5.0], [0.0, 0.0, 50.0, 50.0]]))
+    )
     views = [{"image": torch.zeros(3, h, 10)} for h in (48, H, 192)]  # down, plain, up
     masks = ens._view_box_masks(views, merged, (H, W))
     # Small box (area 25): no down-scaled view; large box (2500): no up-scaled view.
@@ -227,7 +270,9 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="DD.TTA.KEYPOINT_REDUCE"):
         KeypointRCNNWithTTA(tiny_cfg("DD.TTA.KEYPOINT_REDUCE", "median"), model)
     with pytest.raises(ValueError, match="DATASETS.TRAIN"):
-        KeypointRCNNWithTTA(tiny_cfg("TEST.AUG.FLIP", True, "DATASETS.TRAIN", ("dd_test_no_meta",)), model)
+        KeypointRCNNWithTTA(
+            tiny_cfg("TEST.AUG.FLIP", True, "DATASETS.TRAIN", ("dd_test_no_meta",)), model
+        )
     no_kp_cfg = tiny_cfg("MODEL.KEYPOINT_ON", False)
     no_kp_model = tiny_model(no_kp_cfg)
     with pytest.raises(ValueError, match="no keypoint head"):
@@ -250,16 +295,39 @@ def test_trainer_evaluates_with_tta(tmp_path):
         cv2.imwrite(str(tmp_path / f"{i}.jpg"), rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
         images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": H, "width": W})
         keypoints = [v for k in range(17) for v in (20.0 + k, 30.0 + k, 2)]
-        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 60.0],
-                     "area": 3000.0, "iscrowd": 0, "keypoints": keypoints, "num_keypoints": 17})
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "bbox": [10.0, 10.0, 50.0, 60.0],
+                "area": 3000.0,
+                "iscrowd": 0,
+                "keypoints": keypoints,
+                "num_keypoints": 17,
+            }
+        )
     json_file = tmp_path / "gt.json"
-    json_file.write_text(json.dumps({"images": images, "annotations": anns,
-                                     "categories": [{"id": 1, "name": "person"}]}))
+    json_file.write_text(
+        json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
+        )
+    )
     name = f"dd_test_tta_eval_{uuid.uuid4().hex[:8]}"
-    meta = dict(keypoint_names=COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP)
+    meta = dict(
+        keypoint_names=COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP
+    )
     register_coco_instances(name, meta, str(json_file), str(tmp_path))
-    cfg = tiny_cfg("TEST.AUG.FLIP", True, "DATASETS.TEST", (name,), "OUTPUT_DIR", str(tmp_path / "out"),
-                   "DATALOADER.NUM_WORKERS", 0)
+    cfg = tiny_cfg(
+        "TEST.AUG.FLIP",
+        True,
+        "DATASETS.TEST",
+        (name,),
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "DATALOADER.NUM_WORKERS",
+        0,
+    )
     results = DDTrainer.test_with_TTA(cfg, tiny_model(cfg))
     assert set(results) == {"bbox_TTA", "keypoints_TTA"}
     assert "AP" in results["keypoints_TTA"]

@@ -1,5 +1,6 @@
 """A tiny Keypoint R-CNN (narrow R-18-FPN, random weights) shared by the ensembler and the
 annotation tests; each test module adds its data, sizes and views as KEY VALUE options."""
+
 import os
 
 import torch
@@ -15,20 +16,40 @@ def tiny_keypoint_rcnn_cfg(*opts):
     cfg = get_cfg()
     add_dd_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "Base-DD-Keypoint-RCNN-FPN.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
-        "MODEL.BACKBONE.NAME", "build_narrow_resnet_fpn_backbone",
-        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.STEM_OUT_CHANNELS", 8,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", 8, "MODEL.FPN.OUT_CHANNELS", 16,
-        "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", (16, 16), "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
-        # Unit-variance inputs keep random-weight heatmap logits finite after exp().
-        "MODEL.PIXEL_STD", [57.0, 57.0, 57.0],
-        "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
-        # Random weights: keep every detection (TEST.DETECTIONS_PER_IMAGE of them).
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
-        "DATASETS.TEST", (),
-        "INPUT.MAX_SIZE_TEST", 1000, "TEST.AUG.MAX_SIZE", 1000,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.BACKBONE.NAME",
+            "build_narrow_resnet_fpn_backbone",
+            "MODEL.RESNETS.DEPTH",
+            18,
+            "MODEL.RESNETS.STEM_OUT_CHANNELS",
+            8,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            8,
+            "MODEL.FPN.OUT_CHANNELS",
+            16,
+            "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS",
+            (16, 16),
+            "MODEL.ROI_BOX_HEAD.FC_DIM",
+            32,
+            # Unit-variance inputs keep random-weight heatmap logits finite after exp().
+            "MODEL.PIXEL_STD",
+            [57.0, 57.0, 57.0],
+            "MODEL.RPN.POST_NMS_TOPK_TEST",
+            50,
+            # Random weights: keep every detection (TEST.DETECTIONS_PER_IMAGE of them).
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            0.0,
+            "DATASETS.TEST",
+            (),
+            "INPUT.MAX_SIZE_TEST",
+            1000,
+            "TEST.AUG.MAX_SIZE",
+            1000,
+        ]
+    )
     cfg.merge_from_list(list(opts))
     return cfg
 

@@ -18,6 +18,7 @@ dd_detectron/annotation/engine.py); with --truth DATASET also label_quality.json
 box and keypoint AP against that dataset's true labels (all written by
 dd_detectron.annotation.annotate).
 """
+
 import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -77,7 +78,9 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: give the teacher's checkpoint (MODEL.WEIGHTS path/to/model.pth).")
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: give the teacher's checkpoint (MODEL.WEIGHTS path/to/model.pth)."
+        )
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     results = annotate(cfg, model, args.output, truth=args.truth or None)
@@ -88,9 +91,16 @@ def main(args):
 
 def argument_parser():
     parser = default_argument_parser()
-    parser.add_argument("--output", required=True, metavar="DIR", help="directory of the labels, report and progress")
     parser.add_argument(
-        "--truth", default="", metavar="DATASET",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="directory of the labels, report and progress",
+    )
+    parser.add_argument(
+        "--truth",
+        default="",
+        metavar="DATASET",
         help="registered dataset with the true labels of the same images (e.g. synthetic_kp_unlabeled_truth): "
         "also score the labels against it (box and keypoint AP, DIR/label_quality.json)",
     )

@@ -14,6 +14,7 @@ run the same command on each (--num-machines N --machine-rank R --dist-url tcp:/
 over a shared output folder; machine 0 writes the stage records and the report (report.md,
 report.json, report.png, in DD.PIPELINE.OUTPUT_DIR).
 """
+
 import os
 import sys
 
@@ -35,10 +36,14 @@ def setup(args):
 def launch_args(args):
     """detectron2's launch arguments, passed on to every stage."""
     return [
-        "--num-gpus", str(args.num_gpus),
-        "--num-machines", str(args.num_machines),
-        "--machine-rank", str(args.machine_rank),
-        "--dist-url", args.dist_url,
+        "--num-gpus",
+        str(args.num_gpus),
+        "--num-machines",
+        str(args.num_machines),
+        "--machine-rank",
+        str(args.machine_rank),
+        "--dist-url",
+        args.dist_url,
     ]
 
 
@@ -64,7 +69,9 @@ def main(args):
         return None
     teacher_config = resolve_config_path(cfg.DD.PIPELINE.TEACHER_CONFIG, config_dir)
     eval_dataset = ", ".join(load_stage_config(teacher_config).DATASETS.TEST)
-    report = build_report(cfg.DD.PIPELINE.OUTPUT_DIR, cfg.DD.PIPELINE.SEEDS, wall_times, eval_dataset)
+    report = build_report(
+        cfg.DD.PIPELINE.OUTPUT_DIR, cfg.DD.PIPELINE.SEEDS, wall_times, eval_dataset
+    )
     paths = write_report(report, cfg.DD.PIPELINE.OUTPUT_DIR)
     pictures = draw_pipeline_label_pictures(cfg)
     with open(paths["md"]) as f:

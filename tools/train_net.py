@@ -15,6 +15,7 @@ DD.TTA settings), reported under "<task>_TTA":
 
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS w.pth TEST.AUG.ENABLED True
 """
+
 import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -74,7 +75,9 @@ def main(args):
     trainer.resume_or_load(resume=args.resume)
     if cfg.TEST.AUG.ENABLED:
         # As detectron2's train_net: evaluate with TTA once more after training.
-        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
     return trainer.train()
 
 

@@ -9,6 +9,7 @@ Visualizer: boxes, category names and the keypoints labeled visible (v = 2) with
 One JPEG per image, named after its image id. The keypoint names and skeleton come from the
 file's categories; image file names are joined to --image-root (default "": as written).
 """
+
 import argparse
 import json
 import logging
@@ -53,21 +54,33 @@ def main(args):
     os.makedirs(args.output, exist_ok=True)
     for record in dicts[: args.num_images] if args.num_images > 0 else dicts:
         record = dict(record)
-        record["annotations"] = [a for a in record.get("annotations", []) if a.get("score", 1.0) >= args.min_score]
+        record["annotations"] = [
+            a for a in record.get("annotations", []) if a.get("score", 1.0) >= args.min_score
+        ]
         image = read_image(record["file_name"], format="RGB")
         drawn = Visualizer(image, metadata, scale=args.scale).draw_dataset_dict(record)
         path = os.path.join(args.output, f"{record['image_id']}.jpg")
         cv2.imwrite(path, drawn.get_image()[:, :, ::-1])
-    logger.info("Drew %d images into %s", min(len(dicts), args.num_images) if args.num_images > 0 else len(dicts), args.output)
+    logger.info(
+        "Drew %d images into %s",
+        min(len(dicts), args.num_images) if args.num_images > 0 else len(dicts),
+        args.output,
+    )
 
 
 def argument_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", required=True, help="a generated COCO person_keypoints JSON")
     parser.add_argument("--output", required=True, help="directory of the drawn images")
     parser.add_argument("--image-root", default="", help="joined to the file names in the JSON")
-    parser.add_argument("--num-images", type=int, default=0, help="draw the first N images (0: all)")
-    parser.add_argument("--min-score", type=float, default=0.0, help="draw labels with score >= this")
+    parser.add_argument(
+        "--num-images", type=int, default=0, help="draw the first N images (0: all)"
+    )
+    parser.add_argument(
+        "--min-score", type=float, default=0.0, help="draw labels with score >= this"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="drawing scale of the Visualizer")
     return parser
 

@@ -1,4 +1,5 @@
 """The annotation stage of Data Distillation: hard COCO keypoint labels for unlabeled images."""
+
 from .coco_writer import ImageLabels, LabelSpace, write_coco_keypoints_json
 from .engine import (
     CALIBRATION_PNG,

@@ -21,6 +21,7 @@ keypoint's score, visible or not) on each annotation, and ``keypoints`` / ``skel
 category. Blocks of images are converted and streamed to disk one at a time, so memory does not
 grow with the number of images; the file appears atomically when complete.
 """
+
 import contextlib
 import json
 import logging
@@ -91,7 +92,9 @@ class LabelSpace:
                 if a in index and b in index
             ]
         return cls(
-            tuple(thing_classes), dataset_ids, tuple(keypoint_names),
+            tuple(thing_classes),
+            dataset_ids,
+            tuple(keypoint_names),
             tuple((int(a), int(b)) for a, b in skeleton),
         )
 
@@ -137,16 +140,18 @@ def image_labels_to_dataset_dict(labels: ImageLabels) -> dict:
         for (x, y, _), visible in zip(labels.keypoints[i].tolist(), labels.visible[i].tolist()):
             # v = 0: ignored in training; the position is kept (see the module docstring).
             keypoints.extend((x, y, 2 if visible else 0))
-        annotations.append({
-            "bbox": labels.boxes[i].tolist(),
-            "bbox_mode": BoxMode.XYXY_ABS,
-            "category_id": int(labels.classes[i]),
-            "iscrowd": 0,
-            "keypoints": keypoints,
-            "num_keypoints": int(labels.visible[i].sum()),
-            "score": float(labels.scores[i]),
-            "keypoint_scores": labels.keypoints[i, :, 2].tolist(),
-        })
+        annotations.append(
+            {
+                "bbox": labels.boxes[i].tolist(),
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": int(labels.classes[i]),
+                "iscrowd": 0,
+                "keypoints": keypoints,
+                "num_keypoints": int(labels.visible[i].sum()),
+                "score": float(labels.scores[i]),
+                "keypoint_scores": labels.keypoints[i, :, 2].tolist(),
+            }
+        )
     return {
         "file_name": labels.file_name,
         "image_id": labels.image_id,
@@ -217,7 +222,9 @@ def write_coco_keypoints_json(
     categories = None
     # Annotations wait in an anonymous temporary file (unique, removed on close) until the
     # images are written.
-    with atomic_write(path) as out, tempfile.TemporaryFile("w+", dir=os.path.dirname(path) or ".") as side:
+    with atomic_write(path) as out, tempfile.TemporaryFile(
+        "w+", dir=os.path.dirname(path) or "."
+    ) as side:
         out.write('{"info": ' + json.dumps(info) + ', "images": [')
 
         def flush(block):

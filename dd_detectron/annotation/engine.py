@@ -27,6 +27,7 @@ or single-process run (given the same detections: images are ordered by id, anno
 assigned in that order). Settings that change only memory or speed (MEMORY_ONLY_KEYS) may change
 between the runs.
 """
+
 import itertools
 import json
 import logging
@@ -98,16 +99,24 @@ class AnnotationSettings:
         a = cfg.DD.ANNOTATE
         score = parse_threshold(a.SCORE_THRESH, "DD.ANNOTATE.SCORE_THRESH")
         if score is not None and not 0.0 <= score <= 1.0:
-            raise ValueError(f"DD.ANNOTATE.SCORE_THRESH must be 'auto' or in [0, 1], got {a.SCORE_THRESH!r}")
+            raise ValueError(
+                f"DD.ANNOTATE.SCORE_THRESH must be 'auto' or in [0, 1], got {a.SCORE_THRESH!r}"
+            )
         keypoint = parse_threshold(a.KEYPOINT_THRESH, "DD.ANNOTATE.KEYPOINT_THRESH")
         num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
         if not 0 <= a.MIN_KEYPOINTS <= num_keypoints:
-            raise ValueError(f"DD.ANNOTATE.MIN_KEYPOINTS must be in [0, {num_keypoints}], got {a.MIN_KEYPOINTS}")
+            raise ValueError(
+                f"DD.ANNOTATE.MIN_KEYPOINTS must be in [0, {num_keypoints}], got {a.MIN_KEYPOINTS}"
+            )
         if a.SAVE_PERIOD < 1:
             raise ValueError(f"DD.ANNOTATE.SAVE_PERIOD must be >= 1, got {a.SAVE_PERIOD}")
         if len(a.DATASETS) == 0:
             raise ValueError("DD.ANNOTATE.DATASETS is empty: name the unlabeled datasets to label.")
-        return cls(tuple(a.DATASETS), LabelingRule(score, keypoint, int(a.MIN_KEYPOINTS)), int(a.SAVE_PERIOD))
+        return cls(
+            tuple(a.DATASETS),
+            LabelingRule(score, keypoint, int(a.MIN_KEYPOINTS)),
+            int(a.SAVE_PERIOD),
+        )
 
 
 def views_config(cfg):
@@ -146,14 +155,17 @@ def _without_memory_keys(fingerprint: dict) -> dict:
     tta = fingerprint.get("DD.TTA")
     for key in MEMORY_ONLY_KEYS:
         if isinstance(tta, dict):
-            tta.pop(key[len("DD.TTA."):], None)
+            tta.pop(key[len("DD.TTA.") :], None)
     return fingerprint
 
 
 def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
     """Categories and keypoints from the labeled data's metadata, else the unlabeled data's."""
     tried = []
-    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DD.ANNOTATE.DATASETS", settings.datasets)):
+    for key, names in (
+        ("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
+        ("DD.ANNOTATE.DATASETS", settings.datasets),
+    ):
         for name in names:
             metadata = MetadataCatalog.get(name)
             if name in DatasetCatalog.list():
@@ -170,16 +182,22 @@ def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
 def _labeled_stats(cfg, settings: AnnotationSettings) -> Optional[LabeledStats]:
     """Statistics of DATASETS.TRAIN, when a threshold is "auto"."""
     auto_keys = [
-        key for key, value in (("DD.ANNOTATE.SCORE_THRESH", settings.rule.score_thresh),
-                               ("DD.ANNOTATE.KEYPOINT_THRESH", settings.rule.keypoint_thresh))
+        key
+        for key, value in (
+            ("DD.ANNOTATE.SCORE_THRESH", settings.rule.score_thresh),
+            ("DD.ANNOTATE.KEYPOINT_THRESH", settings.rule.keypoint_thresh),
+        )
         if value is None
     ]
     if not auto_keys:
         return None
     if len(cfg.DATASETS.TRAIN) == 0:
-        raise ValueError(f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled data: DATASETS.TRAIN is empty.")
+        raise ValueError(
+            f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled data: DATASETS.TRAIN is empty."
+        )
     stats = labeled_statistics(
-        itertools.chain.from_iterable(DatasetCatalog.get(n) for n in cfg.DATASETS.TRAIN), tuple(cfg.DATASETS.TRAIN)
+        itertools.chain.from_iterable(DatasetCatalog.get(n) for n in cfg.DATASETS.TRAIN),
+        tuple(cfg.DATASETS.TRAIN),
     )
     if stats.num_instances == 0:
         raise ValueError(
@@ -189,7 +207,9 @@ def _labeled_stats(cfg, settings: AnnotationSettings) -> Optional[LabeledStats]:
         )
     logger.info(
         "Labeled data %s: %.4f instances per image, %.4f labeled keypoints per instance.",
-        stats.datasets, stats.instances_per_image, stats.keypoints_per_instance,
+        stats.datasets,
+        stats.instances_per_image,
+        stats.keypoints_per_instance,
     )
     return stats
 
@@ -203,7 +223,9 @@ def _on_main_process_then_share(fn):
             result = fn()
         except Exception as e:
             error = e
-    shared_result, shared_error = comm.all_gather((result, None if error is None else repr(error)))[0]
+    shared_result, shared_error = comm.all_gather((result, None if error is None else repr(error)))[
+        0
+    ]
     if error is not None:
         raise error
     if shared_error is not None:
@@ -251,19 +273,29 @@ def _write_outputs(cfg, settings, plan: _Plan, store, chunk_names, output_dir, t
     num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
     labeled, label_space, images = plan.labeled, plan.label_space, plan.images
     labeling = make_labels(
-        store, {r["image_id"]: r for r in images}, settings.rule, labeled, num_keypoints,
+        store,
+        {r["image_id"]: r for r in images},
+        settings.rule,
+        labeled,
+        num_keypoints,
         chunk_names,
     )
     info = {
         "description": "Hard keypoint labels generated by dd-detectron (Data Distillation).",
         "teacher_weights": cfg.MODEL.WEIGHTS,
-        "views": {"min_sizes": list(cfg.TEST.AUG.MIN_SIZES), "max_size": cfg.TEST.AUG.MAX_SIZE, "flip": cfg.TEST.AUG.FLIP},
+        "views": {
+            "min_sizes": list(cfg.TEST.AUG.MIN_SIZES),
+            "max_size": cfg.TEST.AUG.MAX_SIZE,
+            "flip": cfg.TEST.AUG.FLIP,
+        },
         "score_threshold": labeling.score.value,
         "keypoint_threshold": labeling.keypoint.value,
         "min_keypoints": settings.rule.min_keypoints,
     }
     json_path = os.path.join(output_dir, OUTPUT_JSON)
-    num_images, num_annotations = write_coco_keypoints_json(json_path, labeling.labels, label_space, info)
+    num_images, num_annotations = write_coco_keypoints_json(
+        json_path, labeling.labels, label_space, info
+    )
     report = labeling_report(labeling, labeled, settings.rule, settings.datasets, OUTPUT_JSON)
     stats_path = os.path.join(output_dir, STATS_JSON)
     write_atomic(stats_path, json.dumps(report, indent=1))
@@ -271,10 +303,16 @@ def _write_outputs(cfg, settings, plan: _Plan, store, chunk_names, output_dir, t
     logger.info(
         "Wrote %s: %d images, %d annotations (%.3f per image, %.2f visible keypoints each); score "
         "threshold %.4g (%s), keypoint threshold %.4g (%s); %d unreadable images.",
-        json_path, num_images, num_annotations, report["instances_per_image"]["mean"],
-        report["keypoints_per_instance"]["mean"], labeling.score.value,
-        "auto" if labeling.score.auto else "fixed", labeling.keypoint.value,
-        "auto" if labeling.keypoint.auto else "fixed", len(labeling.failed),
+        json_path,
+        num_images,
+        num_annotations,
+        report["instances_per_image"]["mean"],
+        report["keypoints_per_instance"]["mean"],
+        labeling.score.value,
+        "auto" if labeling.score.auto else "fixed",
+        labeling.keypoint.value,
+        "auto" if labeling.keypoint.auto else "fixed",
+        len(labeling.failed),
     )
     results = {
         "annotation": {
@@ -340,13 +378,20 @@ def annotate(
     todo, num_images = _on_main_process_then_share(decide)
     logger.info(
         "Annotating %d images of %s (%d done in an earlier run), %d views, %d processes.",
-        len(todo), settings.datasets, num_images - len(todo),
-        len(cfg.TEST.AUG.MIN_SIZES) * (2 if cfg.TEST.AUG.FLIP else 1), comm.get_world_size(),
+        len(todo),
+        settings.datasets,
+        num_images - len(todo),
+        len(cfg.TEST.AUG.MIN_SIZES) * (2 if cfg.TEST.AUG.FLIP else 1),
+        comm.get_world_size(),
     )
     # Nothing left (a rerun of a finished run): no loader, only the outputs are rewritten.
-    loader = build_detection_test_loader(
-        todo, mapper=annotation_mapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
-    ) if todo else []
+    loader = (
+        build_detection_test_loader(
+            todo, mapper=annotation_mapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
+        if todo
+        else []
+    )
     num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
     evaluator = AnnotationEvaluator(store, num_keypoints, settings.save_period)
     model_runner = SkipUnreadable(ensembler)

@@ -2,6 +2,7 @@
 The annotation stage as "an evaluator that writes a file", run by detectron2's
 ``inference_on_dataset`` (which brings progress with ETA and sharding across ranks).
 """
+
 import logging
 import os
 
@@ -44,11 +45,17 @@ class AnnotationEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             if "error" in out:
-                logger.warning("Skipping image %s (id %s): %s", inp["file_name"], inp["image_id"], out["error"])
-                self._chunk.add_failure(inp["dd_index"], inp["image_id"], inp["file_name"], out["error"])
+                logger.warning(
+                    "Skipping image %s (id %s): %s", inp["file_name"], inp["image_id"], out["error"]
+                )
+                self._chunk.add_failure(
+                    inp["dd_index"], inp["image_id"], inp["file_name"], out["error"]
+                )
                 self._num_failed += 1
             else:
-                self._chunk.add(inp["dd_index"], inp["image_id"], inp["height"], inp["width"], out["instances"])
+                self._chunk.add(
+                    inp["dd_index"], inp["image_id"], inp["height"], inp["width"], out["instances"]
+                )
             self._num_done += 1
             if len(self._chunk) >= self._save_period:
                 self._save()
@@ -74,7 +81,9 @@ class AnnotationEvaluator(DatasetEvaluator):
             return {}
         logger.info(
             "Labeled %d images in this run (%d unreadable), by process: %s",
-            sum(g[1] for g in gathered), sum(g[2] for g in gathered), [g[1] for g in gathered],
+            sum(g[1] for g in gathered),
+            sum(g[2] for g in gathered),
+            [g[1] for g in gathered],
         )
         return {
             "chunks": sorted(name for g in gathered for name in g[0]),

@@ -3,6 +3,7 @@ Inputs of the annotation stage: the images to label, read at their own size (and
 made into their views in the DataLoader's workers), and images that cannot be read or labeled
 (out of memory) passed on as errors instead of stopping the run.
 """
+
 import logging
 import time
 from typing import List, Optional, Sequence
@@ -63,7 +64,11 @@ def images_to_label(dataset_names: Sequence[str]) -> List[dict]:
                     f"{name!r}; one JSON needs unique image ids."
                 )
             where[image_id] = name
-            entry = {"image_id": image_id, "file_name": record["file_name"], "dd_index": len(images)}
+            entry = {
+                "image_id": image_id,
+                "file_name": record["file_name"],
+                "dd_index": len(images),
+            }
             for key in ("height", "width"):
                 if key in record:
                     entry[key] = int(record[key])
@@ -198,6 +203,7 @@ class SkipUnreadable(nn.Module):
             torch.cuda.empty_cache()
         logger.warning(
             "Out of memory on %s (id %s): recorded as failed, skipped.",
-            x["file_name"], x["image_id"],
+            x["file_name"],
+            x["image_id"],
         )
         return {"error": error}

@@ -17,6 +17,7 @@ The result depends only on the set of (image, detections) pairs, not on how they
 chunks, processes or runs: images are ordered by id. An image held by several chunks counts once
 (the first chunk in name order), for the labels and for the calibration alike.
 """
+
 import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -77,7 +78,9 @@ class Labeling:
     num_keypoints: int = 0
 
 
-def _choose(key: str, fixed: Optional[float], scores: np.ndarray, num_units: int, target: Optional[float]) -> ThresholdChoice:
+def _choose(
+    key: str, fixed: Optional[float], scores: np.ndarray, num_units: int, target: Optional[float]
+) -> ThresholdChoice:
     if num_units == 0:
         value = float("inf") if fixed is None else fixed
         return ThresholdChoice(key, value, fixed is None, target, 0.0)
@@ -146,7 +149,10 @@ def make_labels(
     all_scores = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
     num_readable = len(sizes)
     score = _choose(
-        "DD.ANNOTATE.SCORE_THRESH", rule.score_thresh, all_scores, num_readable,
+        "DD.ANNOTATE.SCORE_THRESH",
+        rule.score_thresh,
+        all_scores,
+        num_readable,
         None if labeled is None else labeled.instances_per_image,
     )
     score_t = np.float32(score.value)
@@ -156,9 +162,14 @@ def make_labels(
         chunk["keypoints"][instances & (chunk["scores"] >= score_t), :, 2]
         for chunk, (_, instances) in zip(store.iter_chunks(("scores", "keypoints"), names), counted)
     ]
-    candidate_kp = np.concatenate(candidates) if candidates else np.zeros((0, num_keypoints), np.float32)
+    candidate_kp = (
+        np.concatenate(candidates) if candidates else np.zeros((0, num_keypoints), np.float32)
+    )
     keypoint = _choose(
-        "DD.ANNOTATE.KEYPOINT_THRESH", rule.keypoint_thresh, candidate_kp.reshape(-1), len(candidate_kp),
+        "DD.ANNOTATE.KEYPOINT_THRESH",
+        rule.keypoint_thresh,
+        candidate_kp.reshape(-1),
+        len(candidate_kp),
         None if labeled is None else labeled.keypoints_per_instance,
     )
     keypoint_t = np.float32(keypoint.value)

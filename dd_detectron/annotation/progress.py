@@ -16,6 +16,7 @@ reason), ``num_instances`` (per image), ``boxes`` (N, 4) XYXY, ``scores`` (N,), 
 ``keypoints`` (N, K, 3) x, y, score, all in image coordinates, as the model returned them
 (float32). Thresholds are applied later, so they can change without running the model again.
 """
+
 import json
 import logging
 import os
@@ -58,10 +59,14 @@ class PredictionChunk:
         self._note_index(index)
         self.images.append([image_id, int(height), int(width)])
         instances = instances.to("cpu")
-        self._arrays["boxes"].append(instances.pred_boxes.tensor.numpy().astype(np.float32, copy=False))
+        self._arrays["boxes"].append(
+            instances.pred_boxes.tensor.numpy().astype(np.float32, copy=False)
+        )
         self._arrays["scores"].append(instances.scores.numpy().astype(np.float32, copy=False))
         self._arrays["classes"].append(instances.pred_classes.numpy().astype(np.int32, copy=False))
-        self._arrays["keypoints"].append(instances.pred_keypoints.numpy().astype(np.float32, copy=False))
+        self._arrays["keypoints"].append(
+            instances.pred_keypoints.numpy().astype(np.float32, copy=False)
+        )
         self._num_instances.append(len(instances))
 
     def add_failure(self, index: int, image_id, file_name: str, reason: str) -> None:
@@ -77,6 +82,7 @@ class PredictionChunk:
         Returns:
             the chunk's arrays, as stored (see the module docstring).
         """
+
         def cat(name, empty_shape, dtype):
             parts = self._arrays[name]
             return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype)
@@ -111,7 +117,9 @@ class ProgressStore:
     def write_fingerprint_if_missing(self, fingerprint: dict) -> None:
         """Record what produces this run's detections (only the first run of a directory)."""
         if not os.path.exists(self._fingerprint_path()):
-            write_atomic(self._fingerprint_path(), json.dumps(fingerprint, indent=1, sort_keys=True))
+            write_atomic(
+                self._fingerprint_path(), json.dumps(fingerprint, indent=1, sort_keys=True)
+            )
 
     def check_fingerprint(
         self, fingerprint: dict, normalize: Callable[[dict], dict] = lambda fp: fp
@@ -129,7 +137,9 @@ class ProgressStore:
         with open(self._fingerprint_path()) as f:
             saved = normalize(json.load(f))
         if saved != fingerprint:
-            keys = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+            keys = sorted(
+                k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+            )
             raise ValueError(
                 f"{self.root} holds detections of an annotation run with different settings "
                 f"({', '.join(keys)}). Rerun with the same settings to resume, or use another "

@@ -3,6 +3,7 @@ How good generated labels are: COCO AP of the labels, read as detections (score 
 score kept in the file, every keypoint at its predicted position), against the true labels of the
 same images (e.g. ``synthetic_kp_unlabeled_truth``).
 """
+
 import contextlib
 import io
 import json
@@ -21,10 +22,15 @@ __all__ = ["label_quality"]
 logger = logging.getLogger(__name__)
 
 # COCOeval's summary, in order: the first 5 entries of `stats` for keypoints, 6 for boxes.
-_KEYS = {"keypoints": ("AP", "AP50", "AP75", "APm", "APl"), "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+_KEYS = {
+    "keypoints": ("AP", "AP50", "AP75", "APm", "APl"),
+    "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+}
 
 
-def label_quality(json_file: str, truth_dataset: str, kpt_oks_sigmas: Optional[Sequence[float]] = None) -> dict:
+def label_quality(
+    json_file: str, truth_dataset: str, kpt_oks_sigmas: Optional[Sequence[float]] = None
+) -> dict:
     """Box and keypoint AP (in %) of a generated label file against a dataset's true labels.
 
     Args:
@@ -39,7 +45,9 @@ def label_quality(json_file: str, truth_dataset: str, kpt_oks_sigmas: Optional[S
     """
     truth_json = MetadataCatalog.get(truth_dataset).get("json_file")
     if truth_json is None:
-        raise ValueError(f"Label quality: dataset {truth_dataset!r} has no json_file in its metadata.")
+        raise ValueError(
+            f"Label quality: dataset {truth_dataset!r} has no json_file in its metadata."
+        )
     # The truth file is read here, by pycocotools: its category id map is not needed.
     ensure_dataset_ready(truth_dataset, category_ids=False)
     with open(json_file) as f:
@@ -67,6 +75,11 @@ def label_quality(json_file: str, truth_dataset: str, kpt_oks_sigmas: Optional[S
             results[iou_type] = {k: float(v) * 100 for k, v in zip(keys, evaluation.stats)}
     logger.info(
         "Label quality of %s against %s: keypoint AP %.2f, box AP %.2f (%d labels on %d images).",
-        json_file, truth_dataset, results["keypoints"]["AP"], results["bbox"]["AP"], len(detections), len(image_ids),
+        json_file,
+        truth_dataset,
+        results["keypoints"]["AP"],
+        results["bbox"]["AP"],
+        len(detections),
+        len(image_ids),
     )
     return results

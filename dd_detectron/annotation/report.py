@@ -3,6 +3,7 @@ The report written next to the generated labels: a JSON of statistics and a PNG 
 calibration curves (mean kept instances per image against the score threshold, mean visible
 keypoints per instance against the keypoint threshold).
 """
+
 import io
 import logging
 import math
@@ -62,10 +63,13 @@ def labeling_report(
     per_image = np.array([len(x.boxes) for x in labeling.labels], dtype=np.int64)
     visible = (
         np.concatenate([x.visible.sum(axis=1) for x in labeling.labels])
-        if labeling.labels else np.zeros((0,), np.int64)
+        if labeling.labels
+        else np.zeros((0,), np.int64)
     )
     kept_scores = (
-        np.concatenate([x.scores for x in labeling.labels]) if labeling.labels else np.zeros((0,), np.float32)
+        np.concatenate([x.scores for x in labeling.labels])
+        if labeling.labels
+        else np.zeros((0,), np.float32)
     )
     kp = labeling.candidate_keypoint_scores.reshape(-1)
     kp_lo, kp_hi = (float(kp.min()), float(kp.max())) if len(kp) else (0.0, 1.0)
@@ -138,21 +142,40 @@ def plot_calibration(labeling: Labeling, path: str) -> None:
     fig = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(fig)
     panels = (
-        (labeling.score, labeling.all_scores, len(labeling.labels),
-         "detection score threshold", "mean kept instances per image"),
-        (labeling.keypoint, labeling.candidate_keypoint_scores.reshape(-1), len(labeling.candidate_keypoint_scores),
-         "keypoint score threshold", "mean visible keypoints per instance"),
+        (
+            labeling.score,
+            labeling.all_scores,
+            len(labeling.labels),
+            "detection score threshold",
+            "mean kept instances per image",
+        ),
+        (
+            labeling.keypoint,
+            labeling.candidate_keypoint_scores.reshape(-1),
+            len(labeling.candidate_keypoint_scores),
+            "keypoint score threshold",
+            "mean visible keypoints per instance",
+        ),
     )
     for i, (choice, scores, units, xlabel, ylabel) in enumerate(panels):
         ax = fig.add_subplot(1, 2, i + 1)
         x, y = _mean_count_curve(scores, units)
         ax.step(x, y, where="post", color="tab:blue", label="teacher's predictions")
         if choice.target is not None:
-            ax.axhline(choice.target, color="tab:green", linestyle="--", label=f"target {choice.target:.3f}")
+            ax.axhline(
+                choice.target,
+                color="tab:green",
+                linestyle="--",
+                label=f"target {choice.target:.3f}",
+            )
         if math.isfinite(choice.value):
             mode = "auto" if choice.auto else "fixed"
-            ax.axvline(choice.value, color="tab:red", linestyle=":",
-                       label=f"{mode} threshold {choice.value:.4g} -> {choice.achieved:.3f}")
+            ax.axvline(
+                choice.value,
+                color="tab:red",
+                linestyle=":",
+                label=f"{mode} threshold {choice.value:.4g} -> {choice.achieved:.3f}",
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -16,6 +16,7 @@ dicts of DATASETS.TRAIN as registered, i.e. before training-time filtering:
 Comparisons are made in float32, the precision of the teacher's scores: a calibrated threshold is
 always one of the scores themselves (or the next float32 above one).
 """
+
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -113,7 +114,9 @@ def _float32_above(x: np.float32) -> np.float32:
     return np.nextafter(np.float32(x), np.float32(np.inf))
 
 
-def threshold_for_mean(scores: np.ndarray, num_units: int, target_mean: float) -> Tuple[float, float]:
+def threshold_for_mean(
+    scores: np.ndarray, num_units: int, target_mean: float
+) -> Tuple[float, float]:
     """The threshold t at which count(scores >= t) / num_units is closest to target_mean.
 
     Args:
@@ -140,7 +143,9 @@ def threshold_for_mean(scores: np.ndarray, num_units: int, target_mean: float) -
             logger.warning(
                 "Calibration wants %d kept of %d candidates (mean %.3f per unit): keeping all; "
                 "lower the model's score threshold or raise its detections per image to reach it.",
-                wanted, len(scores), target_mean,
+                wanted,
+                len(scores),
+                target_mean,
             )
         t = scores[-1]
     else:

@@ -8,6 +8,7 @@ batch is random; this module keeps one sampler per source and deals both sources
 ranks from one plan that every rank computes identically. The exact semantics are in the
 docstring of :func:`build_ratio_train_loader`.
 """
+
 import itertools
 import logging
 import math
@@ -15,8 +16,6 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data.sampler import Sampler
-
 from detectron2.config import configurable
 from detectron2.data import (
     DatasetCatalog,
@@ -28,6 +27,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.utils import comm
+from torch.utils.data.sampler import Sampler
 
 from .datasets.generated import check_keypoint_length
 
@@ -145,7 +145,9 @@ class SourceSlotSampler(Sampler):
     detectron2's ToIterableDataset does that.
     """
 
-    def __init__(self, size: int, per_batch: int, offset: int, count: int, *, seed: int, shuffle: bool = True):
+    def __init__(
+        self, size: int, per_batch: int, offset: int, count: int, *, seed: int, shuffle: bool = True
+    ):
         """
         Args:
             size: number of images of the source.
@@ -158,7 +160,9 @@ class SourceSlotSampler(Sampler):
         if size <= 0:
             raise ValueError(f"SourceSlotSampler needs a non-empty source, got size={size}")
         if not (0 <= offset and 0 < count and offset + count <= per_batch):
-            raise ValueError(f"slots [{offset}, {offset + count}) do not fit in {per_batch} per batch")
+            raise ValueError(
+                f"slots [{offset}, {offset + count}) do not fit in {per_batch} per batch"
+            )
         self._size = size
         self._per_batch = per_batch
         self._offset = offset
@@ -191,7 +195,9 @@ class RatioTrainLoader:
         rank: the rank whose share this loader yields.
     """
 
-    def __init__(self, plan: RatioPlan, rank: int, source_batches: Sequence[Tuple[str, Iterable[list]]]):
+    def __init__(
+        self, plan: RatioPlan, rank: int, source_batches: Sequence[Tuple[str, Iterable[list]]]
+    ):
         """
         Args:
             plan: the shared plan.
@@ -264,7 +270,9 @@ def _ratio_loader_from_config(cfg, mapper=None, *, labeled_dataset=None, generat
             "The student's ratio loader samples each source like TrainingSampler; "
             f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported."
         )
-    min_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+    min_keypoints = (
+        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+    )
     filter_empty = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     if labeled_dataset is None:
         labeled_dataset = get_detection_dataset_dicts(
@@ -282,7 +290,9 @@ def _ratio_loader_from_config(cfg, mapper=None, *, labeled_dataset=None, generat
             keypoint_names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("keypoint_names")
             if keypoint_names:
                 check_keypoint_length(
-                    generated_dataset, len(keypoint_names), f"DD.STUDENT.GENERATED_DATASETS={tuple(names)}"
+                    generated_dataset,
+                    len(keypoint_names),
+                    f"DD.STUDENT.GENERATED_DATASETS={tuple(names)}",
                 )
     if mapper is None:
         # Sets keypoint_hflip_indices from DATASETS.TRAIN's metadata, used for both sources.
@@ -383,7 +393,11 @@ def build_ratio_train_loader(
     if plan.realised_fraction != labeled_fraction:
         logger.warning(
             "Labeled fraction %s of %d images is rounded to %d/%d = %.4f in every minibatch.",
-            labeled_fraction, total_batch_size, plan.num_labeled, total_batch_size, plan.realised_fraction,
+            labeled_fraction,
+            total_batch_size,
+            plan.num_labeled,
+            total_batch_size,
+            plan.realised_fraction,
         )
     datasets = {LABELED: labeled_dataset, GENERATED: generated_dataset}
     for source, dicts in datasets.items():
@@ -394,8 +408,16 @@ def build_ratio_train_loader(
     logger.info(
         "Ratio loader, rank %d/%d: %d labeled (%d images) + %d generated (%d images) of %d per "
         "global minibatch (%d labeled + %d generated); workers %s.",
-        rank, world_size, my_counts[0], len(labeled_dataset), my_counts[1], len(generated_dataset),
-        total_batch_size, plan.num_labeled, plan.num_generated, workers,
+        rank,
+        world_size,
+        my_counts[0],
+        len(labeled_dataset),
+        my_counts[1],
+        len(generated_dataset),
+        total_batch_size,
+        plan.num_labeled,
+        plan.num_generated,
+        workers,
     )
     source_batches = []
     for index, source in enumerate(SOURCES):
@@ -404,7 +426,11 @@ def build_ratio_train_loader(
             continue
         dataset = MapDataset(DatasetFromList(_tag(datasets[source], source), copy=False), mapper)
         sampler = SourceSlotSampler(
-            len(dataset), plan.global_count(source), plan.offset(source, rank), count, seed=seed + index
+            len(dataset),
+            plan.global_count(source),
+            plan.offset(source, rank),
+            count,
+            seed=seed + index,
         )
         # build_batch_data_loader divides its total by the *process group's* world size, so
         # this rank's count goes in multiplied by it (detectron2 0.6 and later alike).

@@ -7,6 +7,7 @@ timeout on both paths.
 On the torchrun path the backend and the device follow ``MODEL.DEVICE``: gloo on the CPU (even
 when GPUs are visible), NCCL on CUDA with one GPU per local process.
 """
+
 import datetime
 import functools
 import logging
@@ -90,7 +91,12 @@ def init_distributed_from_env(
     comm.synchronize()
     logger.info(
         "Process %d of %d (local %d of %d), backend %s, device %s.",
-        rank, world_size, local_rank, local_size, backend, device,
+        rank,
+        world_size,
+        local_rank,
+        local_size,
+        backend,
+        device,
     )
 
 

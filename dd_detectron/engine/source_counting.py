@@ -1,4 +1,5 @@
 """Per-iteration counts of each data source, logged as EventStorage scalars."""
+
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -60,7 +61,9 @@ class SourceCountingLoader:
         counts = Counter(record.get(SOURCE_KEY) for record in batch)
         unknown = set(counts) - set(self._sources)
         if unknown:
-            raise ValueError(f"records tagged {sorted(map(str, unknown))} in a batch; expected {self._sources}")
+            raise ValueError(
+                f"records tagged {sorted(map(str, unknown))} in a batch; expected {self._sources}"
+            )
         local = [counts.get(source, 0) for source in self._sources]
         if comm.get_world_size() > 1:
             local = [sum(column) for column in zip(*comm.all_gather(local))]

@@ -1,4 +1,5 @@
 """Where a student's weights come from: MODEL.WEIGHTS (the paper) or, explicitly, the teacher."""
+
 import os
 from typing import Optional
 

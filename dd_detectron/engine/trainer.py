@@ -1,4 +1,5 @@
 """The trainer of dd-detectron: detectron2's DefaultTrainer, changed only through its hooks."""
+
 import logging
 import os
 from collections import OrderedDict
@@ -28,7 +29,9 @@ class DDTrainer(DefaultTrainer):
         if not cfg.DD.STUDENT.GENERATED_DATASETS:
             return super().build_train_loader(cfg)
         logger.info(
-            "Student training: %s labeled + %s generated.", cfg.DATASETS.TRAIN, cfg.DD.STUDENT.GENERATED_DATASETS
+            "Student training: %s labeled + %s generated.",
+            cfg.DATASETS.TRAIN,
+            cfg.DD.STUDENT.GENERATED_DATASETS,
         )
         return SourceCountingLoader(build_ratio_train_loader(cfg))
 
@@ -53,7 +56,9 @@ class DDTrainer(DefaultTrainer):
         logger.info("Running inference with test-time augmentation ...")
         tta_model = KeypointRCNNWithTTA(cfg, model)
         evaluators = [
-            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
             for name in cfg.DATASETS.TEST
         ]
         res = cls.test(cfg, tta_model, evaluators)

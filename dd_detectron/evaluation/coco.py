@@ -1,4 +1,5 @@
 """COCO box + keypoint evaluation that works with and without detectron2's compiled ops."""
+
 import importlib.machinery
 import importlib.util
 
@@ -16,8 +17,10 @@ def fast_coco_eval_available() -> bool:
     deciding from the module's file type keeps this independent of detectron2's version.
     """
     spec = importlib.util.find_spec("detectron2._C")
-    return spec is not None and spec.origin is not None and spec.origin.endswith(
-        tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return (
+        spec is not None
+        and spec.origin is not None
+        and spec.origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
     )
 
 

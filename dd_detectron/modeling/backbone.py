@@ -6,6 +6,7 @@ This builder uses the same BasicBlock stages with the width taken from
 ``MODEL.RESNETS.RES2_OUT_CHANNELS`` (doubling per stage), so a CPU teacher can be a quarter or
 less of R-18's width while keeping detectron2's ResNet, FPN and all of its heads.
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
@@ -49,7 +50,12 @@ def build_narrow_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
             )
         )
         in_channels, out_channels = out_channels, out_channels * 2
-    return ResNet(stem, stages, out_features=cfg.MODEL.RESNETS.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return ResNet(
+        stem,
+        stages,
+        out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )
 
 
 @BACKBONE_REGISTRY.register()

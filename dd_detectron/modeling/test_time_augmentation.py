@@ -16,19 +16,19 @@ flipped view's heatmap column ``c`` therefore lies over the image point of colum
 ``S - 1 - c``: reversing the width is exact, with no half-pixel shift. (The legacy
 ``aligned=False`` pooler shifts the grid by half a feature pixel and breaks this symmetry.)
 """
+
 import logging
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from fvcore.transforms import HFlipTransform
-
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances, heatmaps_to_keypoints, pairwise_iou
+from fvcore.transforms import HFlipTransform
 
 __all__ = [
     "KeypointRCNNWithTTA",
@@ -76,7 +76,9 @@ class HeatmapReducer:
             mode: "mean" (Detectron's HM_AVG: average of the raw logits) or "max" (HM_MAX).
         """
         if mode not in KEYPOINT_REDUCE_MODES:
-            raise ValueError(f"DD.TTA.KEYPOINT_REDUCE must be one of {KEYPOINT_REDUCE_MODES}, got {mode!r}")
+            raise ValueError(
+                f"DD.TTA.KEYPOINT_REDUCE must be one of {KEYPOINT_REDUCE_MODES}, got {mode!r}"
+            )
         self.mode = mode
         self.num_boxes = num_boxes
         self._acc: Optional[torch.Tensor] = None
@@ -119,8 +121,14 @@ class HeatmapReducer:
         return self._acc
 
 
-def box_voting(kept_boxes: torch.Tensor, kept_classes: torch.Tensor, boxes: torch.Tensor,
-               scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def box_voting(
+    kept_boxes: torch.Tensor,
+    kept_classes: torch.Tensor,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    iou_threshold: float,
+) -> torch.Tensor:
     """Detectron's box voting (TEST.BBOX_VOTE, scoring "ID"): refine boxes kept by NMS.
 
     Args:
@@ -159,7 +167,10 @@ def keypoint_flip_indices_from_cfg(cfg) -> List[int]:
             keypoint_flip_map in its metadata.
     """
     errors = []
-    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
+    for key, names in (
+        ("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
+        ("DATASETS.TEST", cfg.DATASETS.TEST),
+    ):
         if not names:
             continue
         try:
@@ -290,7 +301,9 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
                 (or TEST), needed only when a view is flipped.
         """
         if not cfg.MODEL.KEYPOINT_ON:
-            raise ValueError("KeypointRCNNWithTTA needs a keypoint model: MODEL.KEYPOINT_ON is False.")
+            raise ValueError(
+                "KeypointRCNNWithTTA needs a keypoint model: MODEL.KEYPOINT_ON is False."
+            )
         if cfg.MODEL.MASK_ON:
             raise ValueError("KeypointRCNNWithTTA does not combine masks: set MODEL.MASK_ON False.")
         if tta_mapper is None and len(cfg.TEST.AUG.MIN_SIZES) == 0:
@@ -303,7 +316,9 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         if batch_size is None:
             batch_size = cfg.DD.TTA.VIEW_BATCH_SIZE
         if batch_size < 0:
-            raise ValueError(f"DD.TTA.VIEW_BATCH_SIZE must be >= 0 (0: automatic), got {batch_size}")
+            raise ValueError(
+                f"DD.TTA.VIEW_BATCH_SIZE must be >= 0 (0: automatic), got {batch_size}"
+            )
         if batch_size == 0:
             # Divergence: the base class batches 3 views of any sizes; here a view is batched
             # with its flip where that pays (GPU), and runs alone on CPU.
@@ -347,7 +362,9 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
                 f"The keypoint flip map has {len(keypoint_flip_indices)} keypoints, the model "
                 f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = {num_keypoints}."
             )
-        self.keypoint_flip_indices = None if keypoint_flip_indices is None else list(keypoint_flip_indices)
+        self.keypoint_flip_indices = (
+            None if keypoint_flip_indices is None else list(keypoint_flip_indices)
+        )
 
     # ------------------------------------------------------------------------------------------
     # Divergence: the base class's _inference_one_image runs the model twice per view when a
@@ -380,7 +397,9 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
                 boxes = inst.pred_boxes.tensor
                 # Like the base class: map each view's boxes back to the image.
                 boxes_orig = tfms[i].inverse().apply_box(boxes.cpu().numpy())
-                all_boxes.append(torch.as_tensor(boxes_orig, dtype=boxes.dtype, device=boxes.device))
+                all_boxes.append(
+                    torch.as_tensor(boxes_orig, dtype=boxes.dtype, device=boxes.device)
+                )
                 all_scores.append(inst.scores)
                 all_classes.append(inst.pred_classes)
         merged = self._merge_detections(
@@ -393,7 +412,9 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         if len(merged) == 0:
             self._set_empty_keypoints(merged)
         else:
-            logits = self._reduce_keypoint_logits(augmented_inputs, tfms, batches, cached, merged, orig_shape)
+            logits = self._reduce_keypoint_logits(
+                augmented_inputs, tfms, batches, cached, merged, orig_shape
+            )
             _decode_keypoints(logits, merged, self.keypoint_decode_max_size)
         return {"instances": merged}
 
@@ -452,7 +473,10 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
             shape = tuple(view["image"].shape[-2:])
             if batches:
                 last = batches[-1]
-                if len(last) < self.batch_size and tuple(augmented_inputs[last[0]]["image"].shape[-2:]) == shape:
+                if (
+                    len(last) < self.batch_size
+                    and tuple(augmented_inputs[last[0]]["image"].shape[-2:]) == shape
+                ):
                     last.append(i)
                     continue
             batches.append([i])
@@ -494,16 +518,26 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         scores_2d[torch.arange(len(all_boxes), device=all_boxes.device), all_classes] = all_scores
         # 1e-8 as the base class: the views already applied MODEL.ROI_HEADS.SCORE_THRESH_TEST.
         merged, _ = fast_rcnn_inference_single_image(
-            all_boxes, scores_2d, shape_hw, 1e-8,
-            self.cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST, self.cfg.TEST.DETECTIONS_PER_IMAGE,
+            all_boxes,
+            scores_2d,
+            shape_hw,
+            1e-8,
+            self.cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+            self.cfg.TEST.DETECTIONS_PER_IMAGE,
         )
         if self.box_voting and len(merged) > 0:
             pool = Boxes(all_boxes.clone())
             pool.clip(shape_hw)  # the kept boxes were clipped the same way
-            merged.pred_boxes = Boxes(box_voting(
-                merged.pred_boxes.tensor, merged.pred_classes, pool.tensor, all_scores,
-                all_classes, self.box_voting_iou,
-            ))
+            merged.pred_boxes = Boxes(
+                box_voting(
+                    merged.pred_boxes.tensor,
+                    merged.pred_classes,
+                    pool.tensor,
+                    all_scores,
+                    all_classes,
+                    self.box_voting_iou,
+                )
+            )
         return merged
 
     def _view_box_masks(self, augmented_inputs, merged: Instances, orig_shape) -> torch.Tensor:
@@ -525,7 +559,11 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
             return masks
         height, width = orig_shape
         min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
-        base_h = ResizeShortestEdge.get_output_shape(height, width, min_size, max_size)[0] if min_size > 0 else height
+        base_h = (
+            ResizeShortestEdge.get_output_shape(height, width, min_size, max_size)[0]
+            if min_size > 0
+            else height
+        )
         base_scale = base_h / height
         small = merged.pred_boxes.area() < self.area_th
         for v, view in enumerate(augmented_inputs):
@@ -590,4 +628,3 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         empty = torch.zeros((0, channels) + tuple(resolution), device=device)
         logits = roi_heads.keypoint_head.layers(empty)
         _decode_keypoints(logits, merged, self.keypoint_decode_max_size)
-

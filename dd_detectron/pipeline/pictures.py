@@ -3,6 +3,7 @@ Pictures of generated labels: unlabeled images with the teacher's hard labels (l
 their true labels (right), drawn by detectron2's Visualizer, so that what the student trains on
 can be seen, not only scored.
 """
+
 import os
 from typing import List
 
@@ -29,7 +30,9 @@ _CAPTION = 22
 
 def _captioned(image: np.ndarray, text: str) -> np.ndarray:
     strip = np.full((_CAPTION, image.shape[1], 3), 255, dtype=np.uint8)
-    cv2.putText(strip, text, (4, _CAPTION - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        strip, text, (4, _CAPTION - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA
+    )
     return np.concatenate([strip, image])
 
 
@@ -51,19 +54,28 @@ def draw_labels_beside_truth(
     """
     truth = {r["image_id"]: r for r in DatasetCatalog.get(truth_dataset)}
     # A metadata name of its own: load_coco_json records the file's category ids there.
-    generated = load_coco_json(generated_json, "", f"dd_label_pictures:{os.path.abspath(generated_json)}")
+    generated = load_coco_json(
+        generated_json, "", f"dd_label_pictures:{os.path.abspath(generated_json)}"
+    )
     metadata = MetadataCatalog.get(truth_dataset)
     chosen = [
-        r for r in sorted(generated, key=lambda r: str(r["image_id"]))
-        if r["image_id"] in truth and (r.get("annotations") or truth[r["image_id"]].get("annotations"))
+        r
+        for r in sorted(generated, key=lambda r: str(r["image_id"]))
+        if r["image_id"] in truth
+        and (r.get("annotations") or truth[r["image_id"]].get("annotations"))
     ][:num_images]
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     for record in chosen:
         image = read_image(record["file_name"], format="RGB")
         halves = [
-            _captioned(Visualizer(image, metadata, scale=scale).draw_dataset_dict(r).get_image(), text)
-            for r, text in ((record, "generated labels"), (truth[record["image_id"]], "true labels"))
+            _captioned(
+                Visualizer(image, metadata, scale=scale).draw_dataset_dict(r).get_image(), text
+            )
+            for r, text in (
+                (record, "generated labels"),
+                (truth[record["image_id"]], "true labels"),
+            )
         ]
         gap = np.full((halves[0].shape[0], _GAP, 3), 255, dtype=np.uint8)
         picture = np.concatenate([halves[0], gap, halves[1]], axis=1)

@@ -5,6 +5,7 @@ ablations of DD.PIPELINE.ABLATIONS. Every stage is a command line of a stand-alo
 Each stage writes ``<DD.PIPELINE.OUTPUT_DIR>/seed<k>/<row>``; the row names below are also what
 the report reads.
 """
+
 import os
 from typing import List
 from urllib.parse import urlparse
@@ -147,7 +148,9 @@ def build_stages(
     ablation_seeds = tuple(p.ABLATION_SEEDS) or tuple(p.SEEDS[:1])
     stray = [s for s in ablation_seeds if s not in tuple(p.SEEDS)]
     if stray:
-        raise ValueError(f"DD.PIPELINE.ABLATION_SEEDS: {stray} not in DD.PIPELINE.SEEDS {tuple(p.SEEDS)}")
+        raise ValueError(
+            f"DD.PIPELINE.ABLATION_SEEDS: {stray} not in DD.PIPELINE.SEEDS {tuple(p.SEEDS)}"
+        )
     common = list(p.STAGE_OPTS)
     teacher_cfg = load_stage_config(teacher_config, common)
     load_stage_config(student_config, common)  # a broken student config fails now, not in an hour
@@ -186,7 +189,16 @@ def build_stages(
                 Stage(
                     name=name(row),
                     tool="train_net",
-                    args=["--config-file", config, *common, *opts, "OUTPUT_DIR", path(row), "SEED", str(seed)],
+                    args=[
+                        "--config-file",
+                        config,
+                        *common,
+                        *opts,
+                        "OUTPUT_DIR",
+                        path(row),
+                        "SEED",
+                        str(seed),
+                    ],
                     output_dir=path(row),
                     config_files=[config],
                     depends_on=[name(d) for d in depends],
@@ -201,10 +213,14 @@ def build_stages(
                 args += ["--truth", truth]
             args += [
                 *common,
-                "MODEL.WEIGHTS", teacher_weights,
-                "TEST.AUG.ENABLED", str(multiview),
-                "DD.ANNOTATE.DATASETS", _tuple(dataset),
-                "SEED", str(seed),
+                "MODEL.WEIGHTS",
+                teacher_weights,
+                "TEST.AUG.ENABLED",
+                str(multiview),
+                "DD.ANNOTATE.DATASETS",
+                _tuple(dataset),
+                "SEED",
+                str(seed),
             ]
             stages.append(
                 Stage(

@@ -5,6 +5,7 @@ every set of generated labels, per-stage wall time; as Markdown, JSON and a PNG 
 Model AP is read from each training stage's metrics.json (the final evaluation detectron2's
 EvalHook runs at the end of training); label AP from each annotation stage's label_quality.json.
 """
+
 import json
 import os
 from collections import OrderedDict
@@ -178,8 +179,14 @@ def _fmt(x) -> str:
 def report_markdown(report: dict) -> str:
     lines = [f"# Data distillation report ({report['eval_dataset']})", ""]
     seeds = report["seeds"]
-    lines += [f"Keypoint AP on {report['eval_dataset']} (COCO evaluator), seeds {', '.join(seeds)}.", ""]
-    lines += ["| seed | model | " + " | ".join(METRICS) + " |", "|---|---|" + "---:|" * len(METRICS)]
+    lines += [
+        f"Keypoint AP on {report['eval_dataset']} (COCO evaluator), seeds {', '.join(seeds)}.",
+        "",
+    ]
+    lines += [
+        "| seed | model | " + " | ".join(METRICS) + " |",
+        "|---|---|" + "---:|" * len(METRICS),
+    ]
     for seed, data in report["per_seed"].items():
         for row, metrics in data["models"].items():
             values = [_fmt(metrics and metrics[m]) for m in METRICS]
@@ -199,10 +206,15 @@ def report_markdown(report: dict) -> str:
             f"{_fmt(c['label_AP'][0])} vs {_fmt(c['label_AP'][1])}, student AP "
             f"{_fmt(c['student_AP'][0])} vs {_fmt(c['student_AP'][1])}.",
         ]
-    label_rows = [(seed, row, q) for seed, d in report["per_seed"].items() for row, q in d["labels"].items()]
+    label_rows = [
+        (seed, row, q) for seed, d in report["per_seed"].items() for row, q in d["labels"].items()
+    ]
     if label_rows:
         lines += ["", "Label quality: AP of the generated labels against the true labels.", ""]
-        lines += ["| seed | labels | keypoint AP | box AP | labels | images |", "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "| seed | labels | keypoint AP | box AP | labels | images |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for seed, row, q in label_rows:
             if q is None:
                 lines.append(f"| {seed} | {LABEL_ROWS[row]} | - | - | - | - |")
@@ -225,11 +237,15 @@ def report_markdown(report: dict) -> str:
 
 
 def _chart(report: dict, path: str) -> None:
-    rows = [row for row in MODEL_ROWS if any(row in d["models"] for d in report["per_seed"].values())]
+    rows = [
+        row for row in MODEL_ROWS if any(row in d["models"] for d in report["per_seed"].values())
+    ]
     fig = new_figure((1.6 + 1.3 * len(rows), 3.6))
     ax = fig.add_subplot(1, 1, 1)
     for i, row in enumerate(rows):
-        values = [d["models"][row]["AP"] for d in report["per_seed"].values() if d["models"].get(row)]
+        values = [
+            d["models"][row]["AP"] for d in report["per_seed"].values() if d["models"].get(row)
+        ]
         if values:
             ax.bar(i, sum(values) / len(values), color="#4c72b0" if row != TEACHER else "#999999")
             ax.scatter([i] * len(values), values, color="black", s=10, zorder=3)

@@ -13,6 +13,7 @@ On several machines every machine runs the same pipeline (its own --machine-rank
 output folder; each stage is one job over all machines. Machine 0 alone writes the stage
 records; the others wait for them.
 """
+
 import concurrent.futures
 import hashlib
 import json
@@ -132,7 +133,9 @@ class StageRunner:
         for stage in stages:
             missing = [d for d in stage.depends_on if d not in names[: names.index(stage.name)]]
             if missing:
-                raise ValueError(f"Stage {stage.name} depends on {missing}, which are not listed before it")
+                raise ValueError(
+                    f"Stage {stage.name} depends on {missing}, which are not listed before it"
+                )
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.stages = list(stages)
@@ -196,7 +199,9 @@ class StageRunner:
             self.fingerprints[stage.name] = fp
             record = self.finished_record(stage)
             if record is not None and record.get("fingerprint") == fp:
-                logger.info("[%d/%d] %s: done before, skipped", index + 1, len(self.stages), stage.name)
+                logger.info(
+                    "[%d/%d] %s: done before, skipped", index + 1, len(self.stages), stage.name
+                )
                 self.wall_times[stage.name] = record["wall_time_s"]
                 self.skipped.append(stage.name)
             else:
@@ -218,15 +223,23 @@ class StageRunner:
                             len(self.stages),
                             stage.name,
                             _hms(time.perf_counter() - start),
-                            _hms(eta) if eta is not None else "known after the first stage of each kind",
+                            (
+                                _hms(eta)
+                                if eta is not None
+                                else "known after the first stage of each kind"
+                            ),
                         )
                         record = self.finished_record(stage)
-                        cmd = self._command(stage, resume=record is None and os.path.isdir(stage.output_dir))
+                        cmd = self._command(
+                            stage, resume=record is None and os.path.isdir(stage.output_dir)
+                        )
                         with self._echo_lock:
                             logger.info("  $ %s", " ".join(cmd))
                             logger.info("  full log: %s", self._log_path(stage))
                         running[pool.submit(self._run_one, stage, cmd)] = stage
-                    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    finished, _ = concurrent.futures.wait(
+                        running, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
                     for future in finished:
                         stage = running.pop(future)
                         wall = future.result()  # a failed stage raises here
@@ -237,7 +250,11 @@ class StageRunner:
                 for proc in list(self._procs.values()):
                     proc.terminate()
                 raise
-        logger.info("Pipeline finished in %s (%d stages skipped)", _hms(time.perf_counter() - start), len(self.skipped))
+        logger.info(
+            "Pipeline finished in %s (%d stages skipped)",
+            _hms(time.perf_counter() - start),
+            len(self.skipped),
+        )
         return self.wall_times
 
     @staticmethod
@@ -276,8 +293,13 @@ class StageRunner:
     def _command(self, stage: Stage, resume: bool) -> List[str]:
         tool = os.path.join(self.tools_dir, stage.tool + ".py")
         return [
-            self.python, *stage.launcher, *stage.node_args, tool, *self.launch_args,
-            *(stage.resume_args if resume else []), *stage.args,
+            self.python,
+            *stage.launcher,
+            *stage.node_args,
+            tool,
+            *self.launch_args,
+            *(stage.resume_args if resume else []),
+            *stage.args,
         ]
 
     def _log_path(self, stage: Stage) -> str:
@@ -293,7 +315,12 @@ class StageRunner:
         begin = time.perf_counter()
         with open(log_path, "a") as log:
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.child_env()
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                env=self.child_env(),
             )
             self._procs[stage.name] = proc
             try:

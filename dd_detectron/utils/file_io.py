@@ -1,4 +1,5 @@
 """Writing files so that a reader, or a rerun after a crash, never sees a half-written one."""
+
 import contextlib
 import os
 import socket

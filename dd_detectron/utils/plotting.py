@@ -1,5 +1,6 @@
 """Charts as PNG bytes, through matplotlib's object-oriented API: a Figure on the Agg canvas, so
 no pyplot state is shared and no display is needed."""
+
 import io
 from typing import Tuple
 

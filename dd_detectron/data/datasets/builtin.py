@@ -13,6 +13,7 @@ generated when a dataset is first loaded. Dataset names that are paths ("folder:
 "<path>.json") are not builtin: ``register_path_datasets(cfg)`` (catalog.py) registers them when
 a config names them.
 """
+
 import os
 from typing import List
 

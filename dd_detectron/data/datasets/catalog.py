@@ -10,6 +10,7 @@ A config names datasets by registered name, or by path:
 tool's ``setup`` calls it (tools/train_net.py, tools/annotate_net.py, tools/benchmark.py), so a
 config names the same data in every tool, and code after setup sees registered names only.
 """
+
 import functools
 import logging
 import os
@@ -65,7 +66,7 @@ def register_path_datasets(cfg) -> List[str]:
     for key in DATASET_KEYS:
         for name in functools.reduce(getattr, key.split("."), cfg):
             if name.startswith(FOLDER_PREFIX):
-                path = os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
+                path = os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX) :]))
                 kind, exists, path_key = "folder", os.path.isdir(path), "image_root"
             elif name.endswith(JSON_SUFFIX):
                 path = os.path.abspath(os.path.expanduser(name))

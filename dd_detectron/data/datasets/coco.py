@@ -17,6 +17,7 @@ Where detectron2 already registers a split with the right files, its name is reu
 unlabeled splits are registered here with ``load_image_info_json``: images only, no annotation is
 ever read, so a teacher labeling co-80 cannot see co-80's true labels.
 """
+
 import functools
 import json
 import logging
@@ -161,12 +162,14 @@ def load_image_info_json(
         missing = [k for k in ("id", "file_name", "height", "width") if k not in image]
         if missing:
             raise ValueError(f"{json_file}: images[{index}] has no {', '.join(missing)}.")
-        records.append({
-            "file_name": os.path.join(image_root, image["file_name"]),
-            "height": int(image["height"]),
-            "width": int(image["width"]),
-            "image_id": image["id"],
-        })
+        records.append(
+            {
+                "file_name": os.path.join(image_root, image["file_name"]),
+                "height": int(image["height"]),
+                "width": int(image["width"]),
+                "image_id": image["id"],
+            }
+        )
     logger.info("Loaded %d images (no annotations) from %s", len(records), json_file)
     return records
 
@@ -201,12 +204,20 @@ def register_coco_unlabeled(root: str, splits: Optional[Sequence[CocoSplit]] = N
         image_root = os.path.join(root, split.image_root)
         DatasetCatalog.register(
             split.dataset_name,
-            functools.partial(load_image_info_json, json_file, image_root, split.dataset_name, _missing_hint(split)),
+            functools.partial(
+                load_image_info_json,
+                json_file,
+                image_root,
+                split.dataset_name,
+                _missing_hint(split),
+            ),
         )
         # COCO person metadata (thing_classes, keypoint names, flip map), as detectron2 gives its
         # keypoints_coco_* datasets: the generated labels share that label space.
         MetadataCatalog.get(split.dataset_name).set(
-            json_file=json_file, image_root=image_root, evaluator_type="coco",
+            json_file=json_file,
+            image_root=image_root,
+            evaluator_type="coco",
             **_get_builtin_metadata("coco_person"),
         )
         names.append(split.dataset_name)

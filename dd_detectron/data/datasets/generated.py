@@ -18,6 +18,7 @@ Three ways to name generated data in ``DD.STUDENT.GENERATED_DATASETS``:
 
 Files are read lazily (when the dataset is loaded) and checked then: the error names the file.
 """
+
 import logging
 import os
 from dataclasses import dataclass
@@ -77,7 +78,9 @@ BUILTIN_GENERATED: Tuple[GeneratedSplit, ...] = (
 )
 
 
-def check_keypoint_length(dataset_dicts: Sequence[dict], num_keypoints: Optional[int], where: str) -> int:
+def check_keypoint_length(
+    dataset_dicts: Sequence[dict], num_keypoints: Optional[int], where: str
+) -> int:
     """Check that every annotation carries ``keypoints`` of one length, 3 * num_keypoints.
 
     Args:
@@ -110,7 +113,9 @@ def check_keypoint_length(dataset_dicts: Sequence[dict], num_keypoints: Optional
     return num_keypoints or 0
 
 
-def load_generated_keypoints(json_file: str, image_root: str = "", dataset_name: Optional[str] = None) -> List[dict]:
+def load_generated_keypoints(
+    json_file: str, image_root: str = "", dataset_name: Optional[str] = None
+) -> List[dict]:
     """Load and check a generated keypoint JSON.
 
     Args:
@@ -134,7 +139,9 @@ def load_generated_keypoints(json_file: str, image_root: str = "", dataset_name:
     try:
         dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
     except (KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"{json_file}: not a COCO keypoint file detectron2 can read ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{json_file}: not a COCO keypoint file detectron2 can read ({type(e).__name__}: {e})"
+        ) from e
     if len(dataset_dicts) == 0:
         raise ValueError(f"{json_file}: the generated dataset {dataset_name!r} has no images.")
     if not any(record.get("annotations") for record in dataset_dicts):

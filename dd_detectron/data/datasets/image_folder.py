@@ -33,6 +33,7 @@ Three ways to name a folder dataset:
 
 Files are listed when the dataset is loaded, not when it is registered.
 """
+
 import concurrent.futures
 import functools
 import hashlib
@@ -91,8 +92,9 @@ class ImageFolderSplit:
 BUILTIN_IMAGE_FOLDERS: Tuple[ImageFolderSplit, ...] = (
     # The paper's s1m-180: 180k frames of Sports-1M videos (the paper does not publish which:
     # extract your own, see datasets/README.md).
-    ImageFolderSplit("s1m-180", "sports1m_frames", "sports1m_frames",
-                     "unlabeled, shifted distribution"),
+    ImageFolderSplit(
+        "s1m-180", "sports1m_frames", "sports1m_frames", "unlabeled, shifted distribution"
+    ),
 )
 
 
@@ -210,13 +212,19 @@ def load_image_folder(folder: str, dataset_name: Optional[str] = None) -> List[d
                 f"{image_id} (a hash collision); rename one of them."
             )
         owner[image_id] = rel
-        records.append({"file_name": path, "height": size[0], "width": size[1], "image_id": image_id})
+        records.append(
+            {"file_name": path, "height": size[0], "width": size[1], "image_id": image_id}
+        )
     if failures:
         named = "; ".join(f"{rel} ({reason})" for rel, reason in failures[:_MAX_NAMED_FAILURES])
         more = len(failures) - _MAX_NAMED_FAILURES
         logger.warning(
             "Image folder %s (dataset %r): %d of %d files are not readable images and are left out: %s%s",
-            folder, dataset_name, len(failures), len(relative_paths), named,
+            folder,
+            dataset_name,
+            len(failures),
+            len(relative_paths),
+            named,
             f"; and {more} more" if more > 0 else "",
         )
     if not records:
@@ -224,7 +232,12 @@ def load_image_folder(folder: str, dataset_name: Optional[str] = None) -> List[d
             f"Image folder {folder} (dataset {dataset_name!r}) has no readable image "
             f"({', '.join(IMAGE_EXTENSIONS)}, searched recursively; {len(relative_paths)} candidates)."
         )
-    logger.info("Image folder %s: %d images listed in %.1f s.", folder, len(records), time.perf_counter() - start)
+    logger.info(
+        "Image folder %s: %d images listed in %.1f s.",
+        folder,
+        len(records),
+        time.perf_counter() - start,
+    )
     return records
 
 

@@ -3,6 +3,7 @@
 A registered split is generated the first time its DatasetCatalog entry is called (see
 ``dd_detectron.data.synthetic.splits``); registering writes nothing.
 """
+
 import functools
 from typing import List, Sequence
 

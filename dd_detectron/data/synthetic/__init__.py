@@ -11,6 +11,7 @@ writes:
 Registering the splits in DatasetCatalog is dd_detectron/data/datasets/synthetic.py's job
 (run for the builtin splits by dd_detectron/data/datasets/builtin.py).
 """
+
 from .render_config import RenderConfig
 from .splits import (
     SYNTHETIC_SPLITS,

@@ -11,6 +11,7 @@ Coordinates: "continuous" image coordinates as in detectron2, pixel (i, j) cover
 [i, i+1) x [j, j+1) and its centre is at (i + 0.5, j + 0.5). OpenCV drawing and COCO JSON
 keypoints both use pixel-index coordinates (centre at an integer), i.e. continuous - 0.5.
 """
+
 import colorsys
 import math
 from dataclasses import dataclass, replace
@@ -465,15 +466,34 @@ def build_figure(
     parts: List[Part] = []
 
     def capsule(pid, a, c, thick, color, bias) -> Part:
-        part = Part(pid, "capsule", np.stack([p2[a], p2[c]]), max(1.0, thick), color,
-                    (pz[a] + pz[c]) / 2.0 + bias * H)
+        part = Part(
+            pid,
+            "capsule",
+            np.stack([p2[a], p2[c]]),
+            max(1.0, thick),
+            color,
+            (pz[a] + pz[c]) / 2.0 + bias * H,
+        )
         parts.append(part)
         return part
 
     # Small z biases break ties between parts at equal depth: legs behind the torso, the head
     # in front of it, arms in front of both (arms hanging at the sides of a frontal figure).
-    torso_pts = np.stack([p2[n] for n in ("left_chest", "right_chest", "right_waist", "left_waist",
-                                          "chest_f", "chest_b", "pelvis_f", "pelvis_b")])
+    torso_pts = np.stack(
+        [
+            p2[n]
+            for n in (
+                "left_chest",
+                "right_chest",
+                "right_waist",
+                "left_waist",
+                "chest_f",
+                "chest_b",
+                "pelvis_f",
+                "pelvis_b",
+            )
+        ]
+    )
     hull = cv2.convexHull(torso_pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
     parts.append(Part(TORSO, "polygon", hull, 0.0, appearance.shirt, 0.0))
     capsule(TORSO, "neck", "head", _T_NECK * bld * H, appearance.skin, 0.001)
@@ -483,8 +503,9 @@ def build_figure(
         ("right", R_UPPER_ARM, R_FOREARM, R_THIGH, R_SHIN),
     ):
         capsule(ua, f"{s}_shoulder", f"{s}_elbow", _T_UPPER_ARM * bld * H, limb_color[ua], 0.01)
-        forearm = capsule(fa, f"{s}_elbow", f"{s}_wrist", _T_FOREARM * bld * H, limb_color[fa],
-                          0.011)
+        forearm = capsule(
+            fa, f"{s}_elbow", f"{s}_wrist", _T_FOREARM * bld * H, limb_color[fa], 0.011
+        )
         capsule(fa, f"{s}_wrist", f"{s}_hand", _T_FOREARM * bld * H * 1.1, appearance.skin, 0.012)
         thigh = capsule(th, f"{s}_hip", f"{s}_knee", _T_THIGH * bld * H, limb_color[th], -0.01)
         shin = capsule(sh, f"{s}_knee", f"{s}_ankle", _T_SHIN * bld * H, limb_color[sh], -0.011)
@@ -493,12 +514,21 @@ def build_figure(
             continue
         # The marks are drawn just over the limb they sit on.
         if (s == "left") == appearance.band_on_left:
-            band = capsule(fa, f"{s}_band", f"{s}_wrist", _T_FOREARM * bld * H * 1.3,
-                           appearance.band, 0.0)
+            band = capsule(
+                fa, f"{s}_band", f"{s}_wrist", _T_FOREARM * bld * H * 1.3, appearance.band, 0.0
+            )
             band.z = forearm.z + eps
         else:
-            parts.append(Part(th, "circle", p2[f"{s}_knee"][None], _T_SHIN * bld * H * 0.55,
-                              appearance.patch, max(thigh.z, shin.z) + eps))
+            parts.append(
+                Part(
+                    th,
+                    "circle",
+                    p2[f"{s}_knee"][None],
+                    _T_SHIN * bld * H * 0.55,
+                    appearance.patch,
+                    max(thigh.z, shin.z) + eps,
+                )
+            )
 
     # Head: a disc, then hair and the features that face the camera.
     r = _HEAD_R * appearance.head_scale * H
@@ -510,11 +540,25 @@ def build_figure(
     def head_point(dx: float, dy: float) -> np.ndarray:
         return hc + rot @ np.array([dx * r, dy * r])
 
-    back_hair = Part(HEAD, "circle", head_point(-0.35 * sphi, -0.2)[None], 0.85 * r,
-                     appearance.hair, hz + 1e-4 * H)
+    back_hair = Part(
+        HEAD,
+        "circle",
+        head_point(-0.35 * sphi, -0.2)[None],
+        0.85 * r,
+        appearance.hair,
+        hz + 1e-4 * H,
+    )
     if cphi > 0.5:  # mostly frontal: hair is a crescent on top, drawn under the face disc
-        parts.append(Part(HEAD, "circle", head_point(0.0, -0.28)[None], 0.9 * r, appearance.hair,
-                          hz - 1e-4 * H))
+        parts.append(
+            Part(
+                HEAD,
+                "circle",
+                head_point(0.0, -0.28)[None],
+                0.9 * r,
+                appearance.hair,
+                hz - 1e-4 * H,
+            )
+        )
     parts.append(Part(HEAD, "circle", hc[None], r, appearance.skin, hz))
     if cphi <= 0.5:
         parts.append(back_hair)
@@ -535,13 +579,29 @@ def build_figure(
     for side in ("left", "right"):
         k = _KP_INDEX[f"{side}_eye"]
         if self_visible[k]:
-            parts.append(Part(HEAD, "circle", keypoints[k][None], max(0.5, 0.15 * r), (25, 20, 20),
-                              fz + 1e-4 * H))
+            parts.append(
+                Part(
+                    HEAD,
+                    "circle",
+                    keypoints[k][None],
+                    max(0.5, 0.15 * r),
+                    (25, 20, 20),
+                    fz + 1e-4 * H,
+                )
+            )
     k = _KP_INDEX["nose"]
     if self_visible[k]:
         root = head_point(0.55 * sphi, 0.1)
-        parts.append(Part(HEAD, "capsule", np.stack([root, keypoints[k]]), max(1.0, 0.3 * r), dark,
-                          fz + 1e-4 * H))
+        parts.append(
+            Part(
+                HEAD,
+                "capsule",
+                np.stack([root, keypoints[k]]),
+                max(1.0, 0.3 * r),
+                dark,
+                fz + 1e-4 * H,
+            )
+        )
     if cphi > 0.3:
         mouth = np.stack(
             [head_point(0.6 * math.sin(math.radians(phi + d)), 0.5) for d in (-25, 25)]

@@ -3,6 +3,7 @@
 A split's ``RenderConfig`` is part of its spec, and so of the fingerprint that decides whether
 its files are up to date (see splits.py): any change to a default here regenerates the splits.
 """
+
 from dataclasses import dataclass
 from typing import Tuple
 

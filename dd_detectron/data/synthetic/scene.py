@@ -7,6 +7,7 @@ from that id map, so they are exact for what was drawn.
 Coordinates as in figure.py: continuous image coordinates (pixel centres at i + 0.5) inside,
 pixel indices (continuous - 0.5) for OpenCV drawing and in the COCO keypoints written.
 """
+
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -92,8 +93,16 @@ def sample_distractor(
     elif kind == "stick":
         a = rng.uniform(0, math.pi)
         half = rng.uniform(0.05, 0.25) * s * np.array([math.cos(a), math.sin(a)])
-        parts.append(Part(0, "capsule", np.stack([center - half, center + half]),
-                          max(1.0, rng.uniform(0.005, 0.04) * s), _random_color(rng), 0.0))
+        parts.append(
+            Part(
+                0,
+                "capsule",
+                np.stack([center - half, center + half]),
+                max(1.0, rng.uniform(0.005, 0.04) * s),
+                _random_color(rng),
+                0.0,
+            )
+        )
     elif kind == "limb":
         thick = max(1.0, rng.uniform(0.02, 0.06) * s)
         hue = rng.uniform(-20, 45) if rng.random() < 0.5 else rng.uniform(175, 245)
@@ -172,12 +181,12 @@ def make_background(rng: np.random.Generator, style: str, width: int, height: in
             x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
             x1, y1 = x0 + int(rng.integers(20, width)), y0 + int(rng.integers(20, height))
             period = int(rng.integers(3, 12))
-            yy, xx = np.mgrid[y0:min(y1, height), x0:min(x1, width)]
+            yy, xx = np.mgrid[y0 : min(y1, height), x0 : min(x1, width)]
             if rng.random() < 0.5:
                 mask = ((xx + yy) // period) % 2 == 0
             else:
                 mask = ((xx // period) + (yy // period)) % 2 == 0
-            img[y0:min(y1, height), x0:min(x1, width)][mask] = _random_color(rng)
+            img[y0 : min(y1, height), x0 : min(x1, width)][mask] = _random_color(rng)
         for _ in range(int(rng.integers(0, 5))):  # faint rectangles and ellipses
             c = tuple(int(v) for v in rng.integers(0, 256, 3))
             p = (int(rng.integers(0, width)), int(rng.integers(0, height)))
@@ -213,14 +222,21 @@ def make_background(rng: np.random.Generator, style: str, width: int, height: in
             cv2.line(img, p, q, (235, 240, 240), int(rng.integers(1, 4)), cv2.LINE_AA)
         if rng.random() < 0.4:
             c = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-            cv2.circle(img, c, int(rng.integers(10, max(width, height) // 2)), (235, 240, 240), 2,
-                       cv2.LINE_AA)
+            cv2.circle(
+                img,
+                c,
+                int(rng.integers(10, max(width, height) // 2)),
+                (235, 240, 240),
+                2,
+                cv2.LINE_AA,
+            )
         if rng.random() < 0.7:  # crowd in the stands: coarse random colour blocks on top
             band_h = int(rng.uniform(0.1, 0.3) * height)
             cell = int(rng.integers(2, 5))
             crowd = rng.integers(0, 256, (max(1, band_h // cell), max(1, width // cell), 3))
-            crowd = cv2.resize(crowd.astype(np.uint8), (width, band_h),
-                               interpolation=cv2.INTER_NEAREST)
+            crowd = cv2.resize(
+                crowd.astype(np.uint8), (width, band_h), interpolation=cv2.INTER_NEAREST
+            )
             if band_h > 0:
                 img[:band_h] = (crowd.astype(np.float32) * 0.7).astype(np.uint8)
         return img

@@ -18,6 +18,7 @@ JSON file therefore always describes finished images.
 ``root`` is the datasets root everywhere here; dd_detectron.data.datasets.datasets_root() gives
 $DETECTRON2_DATASETS.
 """
+
 import contextlib
 import dataclasses
 import hashlib
@@ -167,7 +168,7 @@ def split_files(spec: SyntheticSplit, root: str) -> SplitFiles:
         SplitFiles under ``<root>/synthetic_kp/``.
     """
     base = os.path.join(root, SYNTHETIC_SUBDIR)
-    short = spec.name[len(_NAME_PREFIX):] if spec.name.startswith(_NAME_PREFIX) else spec.name
+    short = spec.name[len(_NAME_PREFIX) :] if spec.name.startswith(_NAME_PREFIX) else spec.name
     ann_dir = os.path.join(base, "annotations")
     truth = os.path.join(ann_dir, spec.name + TRUTH_SUFFIX + ".json")
     if spec.with_annotations:
@@ -249,8 +250,12 @@ def generate_split(spec: SyntheticSplit, root: str) -> SplitFiles:
     files = split_files(spec, root)
     os.makedirs(files.image_root, exist_ok=True)
     os.makedirs(os.path.dirname(files.json_file), exist_ok=True)
-    logger.info("Generating synthetic split %s (%d images) in %s", spec.name, spec.num_images,
-                files.image_root)
+    logger.info(
+        "Generating synthetic split %s (%d images) in %s",
+        spec.name,
+        spec.num_images,
+        files.image_root,
+    )
     start = time.perf_counter()
     images: List[dict] = []
     annotations: List[dict] = []
@@ -260,8 +265,9 @@ def generate_split(spec: SyntheticSplit, root: str) -> SplitFiles:
         file_name = f"{image_id:06d}.{spec.image_format}"
         with open(os.path.join(files.image_root, file_name), "wb") as f:
             f.write(_encode(spec, img))
-        images.append({"id": image_id, "file_name": file_name, "width": img.shape[1],
-                       "height": img.shape[0]})
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": img.shape[1], "height": img.shape[0]}
+        )
         for ann in anns:
             annotations.append(
                 {
@@ -281,8 +287,14 @@ def generate_split(spec: SyntheticSplit, root: str) -> SplitFiles:
     main_annotations = annotations if spec.with_annotations else None
     write_atomic(files.json_file, _coco_json(spec, images, main_annotations))
     elapsed = time.perf_counter() - start
-    logger.info("Generated %s: %d images, %d people in %.1f s (%.1f ms/image)", spec.name,
-                len(images), len(annotations), elapsed, 1000.0 * elapsed / max(len(images), 1))
+    logger.info(
+        "Generated %s: %d images, %d people in %.1f s (%.1f ms/image)",
+        spec.name,
+        len(images),
+        len(annotations),
+        elapsed,
+        1000.0 * elapsed / max(len(images), 1),
+    )
     return files
 
 
