@@ -6,7 +6,9 @@ from setuptools import find_packages, setup
 setup(
     name="dd-detectron",
     version="0.1.0",
-    description="Data Distillation (Radosavovic et al., CVPR 2018) for keypoint detection on detectron2",
+    description=(
+        "Data Distillation (Radosavovic et al., CVPR 2018) for keypoint detection on detectron2"
+    ),
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["dd_detectron", "dd_detectron.*"]),

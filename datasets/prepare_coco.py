@@ -87,7 +87,8 @@ def _require(root: str, rel: str) -> str:
     path = os.path.join(root, rel)
     if not os.path.isfile(path):
         raise SystemExit(
-            f"error: {path} is missing. It is in COCO's {ARCHIVE_OF.get(rel, 'download')}; unpack it "
+            f"error: {path} is missing. It is in COCO's "
+            f"{ARCHIVE_OF.get(rel, 'download')}; unpack it "
             f"so that this path exists (see datasets/README.md), or run with --check."
         )
     return path
@@ -131,8 +132,9 @@ def prepare(root: str) -> Dict[str, dict]:
     outside = sorted(minival - val_ids)
     if outside:
         raise SystemExit(
-            f"error: {len(outside)} minival images of {minival_source} are not in {VAL2014_KEYPOINTS} "
-            f"(e.g. ids {outside[:MAX_NAMED_MISSING]}); these files are not COCO 2014 val and 2017 val."
+            f"error: {len(outside)} minival images of {minival_source} are not in "
+            f"{VAL2014_KEYPOINTS} (e.g. ids {outside[:MAX_NAMED_MISSING]}); these files are not "
+            "COCO 2014 val and 2017 val."
         )
     # co-35: every val2014 image outside minival (images without people included, as in COCO's
     # keypoint files; keypoint training skips them), and all of their annotations.
@@ -225,7 +227,8 @@ def verify_union(
     only_2017 = sorted(set(co115) - set(union))
     if only_2014 or only_2017:
         raise SystemExit(
-            f"error: co-35 + co-80 is not co-115 ({CO115_KEYPOINTS}): {len(only_2014)} ids only in 2014 "
+            f"error: co-35 + co-80 is not co-115 ({CO115_KEYPOINTS}): "
+            f"{len(only_2014)} ids only in 2014 "
             f"(e.g. {only_2014[:MAX_NAMED_MISSING]}), {len(only_2017)} only in 2017 "
             f"(e.g. {only_2017[:MAX_NAMED_MISSING]})."
         )
@@ -233,7 +236,8 @@ def verify_union(
     if renamed:
         i = renamed[0]
         raise SystemExit(
-            f"error: {len(renamed)} images have the same id but another file in co-115, e.g. id {i}: "
+            f"error: {len(renamed)} images have the same id but another file in co-115, "
+            f"e.g. id {i}: "
             f"{union[i]} (2014) vs {co115[i]} (2017)."
         )
     co115_annotations = len(co115_data.get("annotations", []))
@@ -324,7 +328,8 @@ def check(root: str, names: Sequence[str]) -> Tuple[bool, List[str]]:
                 else ""
             )
             lines.append(
-                f"MISSING  {tag} {len(missing)} of {len(listed)} images listed in {split.json_file}: "
+                f"MISSING  {tag} {len(missing)} of {len(listed)} images listed in "
+                f"{split.json_file}: "
                 f"{named}{more}\n"
                 f"           the images of COCO's {split.download[0]}"
             )
@@ -420,7 +425,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     union = report["co-115"]
     if union["verified"]:
         print(
-            f"verified: co-35 and co-80 are disjoint and together are co-115 ({union['images']} images, "
+            f"verified: co-35 and co-80 are disjoint and together are co-115 "
+            f"({union['images']} images, "
             f"same ids and file numbers)"
         )
         if union["annotations_2014"] != union["annotations_2017"]:

@@ -5,4 +5,6 @@
 from . import data, modeling  # noqa: F401
 from .config import add_dd_config
 
+__all__ = ["add_dd_config"]
+
 __version__ = "0.1.0"

@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -274,7 +273,8 @@ def build_fallback_tree(sdist: Path, build_dir: Path, sha256: str = FALLBACK_SHA
         "[project]\n"
         'name = "detectron2"\n'
         f'version = "{FALLBACK_VERSION}"\n'
-        'description = "detectron2 0.6, pure-Python build (compiled ops replaced by a placeholder)"\n'
+        'description = "detectron2 0.6, pure-Python build '
+        '(compiled ops replaced by a placeholder)"\n'
         'requires-python = ">=3.7"\n'
         f"dependencies = [\n{requirements}\n]\n\n"
         "[tool.setuptools.packages.find]\n"
@@ -372,7 +372,10 @@ def setup(
     run(pip + ["--no-build-isolation", *targets, *pins])
     if plan.origin == "source":
         (venv / ".dd-detectron2-source").write_text(plan.install_target)
-    check = "import detectron2, dd_detectron; print('detectron2', detectron2.__version__, detectron2.__file__)"
+    check = (
+        "import detectron2, dd_detectron; "
+        "print('detectron2', detectron2.__version__, detectron2.__file__)"
+    )
     run([python, "-c", check])
     return plan
 

@@ -188,9 +188,10 @@ def make_tiny_coco_tree(root):
     # COCO 2017 re-splits the same images and labels under 12-digit file names.
     train17 = {**TRAIN2014, **{i: VAL2014[i] for i in CO35_IDS}}
     val17 = {i: VAL2014[i] for i in MINIVAL}
-    to_2017 = lambda imgs: [
-        dict(img, file_name=img["file_name"].rsplit("_", 1)[-1]) for img in imgs
-    ]
+
+    def to_2017(imgs):
+        return [dict(img, file_name=img["file_name"].rsplit("_", 1)[-1]) for img in imgs]
+
     train17_images = to_2017(
         sorted(
             train14_images + [i for i in val14_images if i["id"] in train17], key=lambda i: i["id"]
@@ -413,12 +414,15 @@ def test_registered_names_load_on_the_tree(tree, prepare_coco):
     script = (
         "import json, dd_detectron\n"
         "from detectron2.data import DatasetCatalog\n"
-        "names = ['keypoints_coco_2017_train', 'keypoints_coco_2017_val', 'keypoints_coco_2014_valminusminival',\n"
-        "         'coco_2014_train_unlabeled', 'keypoints_coco_2014_train', 'coco_2017_unlabeled', 'sports1m_frames']\n"
+        "names = ['keypoints_coco_2017_train', 'keypoints_coco_2017_val', "
+        "'keypoints_coco_2014_valminusminival',\n"
+        "         'coco_2014_train_unlabeled', 'keypoints_coco_2014_train', "
+        "'coco_2017_unlabeled', 'sports1m_frames']\n"
         "out = {}\n"
         "for n in names:\n"
         "    d = DatasetCatalog.get(n)\n"
-        "    out[n] = [sorted(r['image_id'] for r in d), sum(len(r.get('annotations', [])) for r in d),\n"
+        "    out[n] = [sorted(r['image_id'] for r in d), "
+        "sum(len(r.get('annotations', [])) for r in d),\n"
         "              all(r['file_name'].startswith(%r) for r in d)]\n"
         "print('RESULT', json.dumps(out))\n" % str(tree)
     )
@@ -517,7 +521,8 @@ def test_image_folder_dataset(tmp_path, caplog):
         rel = os.path.relpath(r["file_name"], folder).replace(os.sep, "/")
         assert os.path.isabs(r["file_name"]) and (r["height"], r["width"]) == expected[rel]
         assert r["image_id"] == image_id_for(rel) and 0 <= r["image_id"] < 2**53
-    # The sizes are those detectron2's reader gives (EXIF applied), which the annotation stage checks.
+    # The sizes are those detectron2's reader gives (EXIF applied), which the annotation stage
+    # checks.
     from detectron2.data.detection_utils import read_image
 
     for r in records:
@@ -622,7 +627,8 @@ def test_every_coco_config_is_part_of_a_setting():
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 def test_coco_pipeline_config_runs_the_setting(setting, monkeypatch):
-    """run_pipeline's plan for a setting: its teacher, the labels of its unlabeled split, its student."""
+    """run_pipeline's plan for a setting: its teacher, the labels of its unlabeled split, its
+    student."""
     from dd_detectron.pipeline import build_stages
 
     monkeypatch.chdir(COCO_CONFIGS.parent.parent)

@@ -68,7 +68,7 @@ def test_every_stage_output_exists_and_feeds_the_next(finished_run):
     assert "2 processes" in (seed / "labels_multiview" / "log.txt").read_text()
     # The student was trained on those labels: its loader logged generated images.
     student_log = [
-        json.loads(l) for l in (seed / "student" / "metrics.json").read_text().splitlines()
+        json.loads(line) for line in (seed / "student" / "metrics.json").read_text().splitlines()
     ]
     assert any(m.get("dd/generated_images") == 2 for m in student_log)
     models = report["per_seed"]["1"]["models"]

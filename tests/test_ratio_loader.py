@@ -497,7 +497,8 @@ def test_missing_or_unknown_generated_dataset(tmp_path):
     with pytest.raises(
         FileNotFoundError,
         match=re.escape(
-            f"DD.STUDENT.GENERATED_DATASETS: {missing!r} names the file {missing}, which does not exist"
+            f"DD.STUDENT.GENERATED_DATASETS: {missing!r} names the file {missing}, "
+            "which does not exist"
         ),
     ):
         register_path_datasets(student_cfg("unused", [missing]))

@@ -26,7 +26,8 @@ for _ in range(3000):
     time.sleep(0.1)
     saw_it = os.path.exists(os.path.join(wait_for, "started"))
 with open(os.path.join(out, "span.json"), "w") as f:
-    json.dump({"saw_other": saw_it, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}, f)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    json.dump({"saw_other": saw_it, "end": time.time(), "threads": threads}, f)
 sys.exit(code)
 """
 

@@ -1,4 +1,5 @@
-"""A few-iteration teacher run through tools/train_net.py: train, checkpoint, reload, keypoint AP."""
+"""A few-iteration teacher run through tools/train_net.py: train, checkpoint, reload, keypoint
+AP."""
 
 import argparse
 import dataclasses

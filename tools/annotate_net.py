@@ -79,7 +79,8 @@ def main(args):
     cfg = setup(args)
     if not cfg.MODEL.WEIGHTS:
         raise ValueError(
-            "MODEL.WEIGHTS is empty: give the teacher's checkpoint (MODEL.WEIGHTS path/to/model.pth)."
+            "MODEL.WEIGHTS is empty: give the teacher's checkpoint "
+            "(MODEL.WEIGHTS path/to/model.pth)."
         )
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -101,7 +102,8 @@ def argument_parser():
         "--truth",
         default="",
         metavar="DATASET",
-        help="registered dataset with the true labels of the same images (e.g. synthetic_kp_unlabeled_truth): "
+        help="registered dataset with the true labels of the same images "
+        "(e.g. synthetic_kp_unlabeled_truth): "
         "also score the labels against it (box and keypoint AP, DIR/label_quality.json)",
     )
     return parser

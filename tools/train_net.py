@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""
+r"""
 Train or evaluate a Keypoint R-CNN with dd-detectron (teacher, student or oracle).
 
 Same interface as detectron2's tools/train_net.py:
@@ -13,7 +13,8 @@ Keypoint AP comes from detectron2's COCOEvaluator on DATASETS.TEST. With TEST.AU
 the same evaluation runs once more through the multi-view keypoint ensembler (TEST.AUG views,
 DD.TTA settings), reported under "<task>_TTA":
 
-    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS w.pth TEST.AUG.ENABLED True
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS w.pth \
+        TEST.AUG.ENABLED True
 """
 
 import logging

@@ -75,7 +75,8 @@ class LabelSpace:
         if not thing_classes or not keypoint_names:
             raise ValueError(
                 f"{where}: its metadata needs thing_classes and keypoint_names to write COCO "
-                f"categories (has thing_classes={thing_classes!r}, keypoint_names={keypoint_names!r})."
+                f"categories (has thing_classes={thing_classes!r}, "
+                f"keypoint_names={keypoint_names!r})."
             )
         mapping = metadata.get("thing_dataset_id_to_contiguous_id")
         if mapping:

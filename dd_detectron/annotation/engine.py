@@ -175,7 +175,8 @@ def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
             tried.append(name)
     raise ValueError(
         f"No dataset of DATASETS.TRAIN or DD.ANNOTATE.DATASETS ({tried}) has thing_classes and "
-        "keypoint_names in its metadata: the generated JSON needs its categories and keypoint names."
+        "keypoint_names in its metadata: the generated JSON needs its categories and keypoint "
+        "names."
     )
 
 
@@ -193,7 +194,8 @@ def _labeled_stats(cfg, settings: AnnotationSettings) -> Optional[LabeledStats]:
         return None
     if len(cfg.DATASETS.TRAIN) == 0:
         raise ValueError(
-            f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled data: DATASETS.TRAIN is empty."
+            f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled data: "
+            "DATASETS.TRAIN is empty."
         )
     stats = labeled_statistics(
         itertools.chain.from_iterable(DatasetCatalog.get(n) for n in cfg.DATASETS.TRAIN),
@@ -201,7 +203,8 @@ def _labeled_stats(cfg, settings: AnnotationSettings) -> Optional[LabeledStats]:
     )
     if stats.num_instances == 0:
         raise ValueError(
-            f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled keypoints, but DATASETS.TRAIN="
+            f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled keypoints, "
+            "but DATASETS.TRAIN="
             f"{tuple(cfg.DATASETS.TRAIN)} has no non-crowd annotation with a labeled keypoint "
             f"({stats.num_images} images). Give a labeled keypoint dataset or numeric thresholds."
         )

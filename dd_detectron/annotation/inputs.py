@@ -55,12 +55,14 @@ def images_to_label(dataset_names: Sequence[str]) -> List[dict]:
             image_id = record.get("image_id")
             if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
                 raise ValueError(
-                    f"DD.ANNOTATE.DATASETS: image {record.get('file_name')} of {name!r} has image_id "
+                    f"DD.ANNOTATE.DATASETS: image {record.get('file_name')} of {name!r} "
+                    "has image_id "
                     f"{image_id!r}; the generated labels need an int or str id per image."
                 )
             if image_id in where:
                 raise ValueError(
-                    f"DD.ANNOTATE.DATASETS: image_id {image_id!r} is in {where[image_id]!r} and again in "
+                    f"DD.ANNOTATE.DATASETS: image_id {image_id!r} is in {where[image_id]!r} "
+                    "and again in "
                     f"{name!r}; one JSON needs unique image ids."
                 )
             where[image_id] = name

@@ -326,9 +326,10 @@ def build_ratio_train_loader(
 
     Called with a config, like detectron2's ``build_detection_train_loader(cfg)``: labeled =
     ``DATASETS.TRAIN``, generated = ``DD.STUDENT.GENERATED_DATASETS`` (registered names; .json
-    paths are registered by ``register_path_datasets(cfg)``), both filtered as detectron2 filters training data, mapper =
-    ``DatasetMapper(cfg, is_train=True)`` (keypoint flip indices from DATASETS.TRAIN), B =
-    ``SOLVER.IMS_PER_BATCH``, f = ``DD.STUDENT.LABELED_FRACTION``; keyword arguments override.
+    paths are registered by ``register_path_datasets(cfg)``), both filtered as detectron2
+    filters training data, mapper = ``DatasetMapper(cfg, is_train=True)`` (keypoint flip
+    indices from DATASETS.TRAIN), B = ``SOLVER.IMS_PER_BATCH``, f =
+    ``DD.STUDENT.LABELED_FRACTION``; keyword arguments override.
 
     Semantics (B global batch, f labeled fraction, W world size, b = B / W):
 

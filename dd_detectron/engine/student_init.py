@@ -41,7 +41,8 @@ def apply_student_init(cfg) -> Optional[str]:
         cfg.MODEL.WEIGHTS = teacher
         return (
             f"Student init: fine-tuning from the teacher checkpoint {teacher} "
-            "(DD.STUDENT.INIT='teacher', the paper's ablation; the paper's student starts from ImageNet)."
+            "(DD.STUDENT.INIT='teacher', the paper's ablation; "
+            "the paper's student starts from ImageNet)."
         )
     if teacher and cfg.MODEL.WEIGHTS and _same_file(cfg.MODEL.WEIGHTS, teacher):
         raise ValueError(

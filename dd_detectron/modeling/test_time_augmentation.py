@@ -292,7 +292,8 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         """
         Args:
             cfg: a config with dd-detectron's keys (TEST.AUG.*, DD.TTA.*).
-            model: a GeneralizedRCNN with a keypoint head (pooled, e.g. KRCNNConvDeconvUpsampleHead).
+            model: a GeneralizedRCNN with a keypoint head (pooled, e.g.
+                KRCNNConvDeconvUpsampleHead).
             tta_mapper: takes a dataset dict with "image" and returns the views, each with
                 "transforms"; default ``DatasetMapperTTA(cfg)``.
             batch_size: at most this many views of the same image size run as one batch;

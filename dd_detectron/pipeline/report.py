@@ -155,7 +155,8 @@ def build_report(output_root: str, seeds, wall_times: Dict[str, float], eval_dat
 
 
 def _view_comparisons(per_seed) -> List[dict]:
-    """Per seed with the single-view ablation: label AP and student AP, multi-view vs single-view."""
+    """Per seed with the single-view ablation: label AP and student AP, multi-view vs
+    single-view."""
     comparisons = []
     for seed, data in per_seed.items():
         labels, models = data["labels"], data["models"]
@@ -220,7 +221,8 @@ def report_markdown(report: dict) -> str:
                 lines.append(f"| {seed} | {LABEL_ROWS[row]} | - | - | - | - |")
             else:
                 lines.append(
-                    f"| {seed} | {LABEL_ROWS[row]} | {_fmt(q['keypoints']['AP'])} | {_fmt(q['bbox']['AP'])} "
+                    f"| {seed} | {LABEL_ROWS[row]} | {_fmt(q['keypoints']['AP'])} "
+                    f"| {_fmt(q['bbox']['AP'])} "
                     f"| {q['labels']} | {q['images']} |"
                 )
     for seed, data in report["per_seed"].items():

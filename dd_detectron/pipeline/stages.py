@@ -184,7 +184,8 @@ class StageRunner:
         return total / self.parallel
 
     def child_env(self) -> Dict[str, str]:
-        """The tools' environment: ours, plus a per-stage thread count when stages run in parallel."""
+        """The tools' environment: ours, plus a per-stage thread count when stages run in
+        parallel."""
         env = dict(os.environ)
         if self.parallel > 1 and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.parallel))

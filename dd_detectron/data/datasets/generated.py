@@ -96,7 +96,8 @@ def check_keypoint_length(
             keypoints = ann.get("keypoints")
             if keypoints is None:
                 raise ValueError(
-                    f"{where}: an annotation of image {record.get('image_id', record.get('file_name'))} "
+                    f"{where}: an annotation of image "
+                    f"{record.get('image_id', record.get('file_name'))} "
                     "has no 'keypoints'; generated labels for a keypoint student need keypoints "
                     "(x, y, v) on every annotation."
                 )
@@ -106,7 +107,8 @@ def check_keypoint_length(
                 num_keypoints = len(keypoints) // 3
             if len(keypoints) != 3 * num_keypoints:
                 raise ValueError(
-                    f"{where}: an annotation of image {record.get('image_id', record.get('file_name'))} "
+                    f"{where}: an annotation of image "
+                    f"{record.get('image_id', record.get('file_name'))} "
                     f"has {len(keypoints)} keypoint values, expected 3 * {num_keypoints} = "
                     f"{3 * num_keypoints} (the labeled data's keypoints)."
                 )
@@ -134,7 +136,8 @@ def load_generated_keypoints(
     if not PathManager.isfile(json_file):
         raise FileNotFoundError(
             f"Generated keypoint file {json_file} (dataset {dataset_name!r}) does not exist; write "
-            "it with the annotation stage (tools/annotate_net.py) or fix DD.STUDENT.GENERATED_DATASETS."
+            "it with the annotation stage (tools/annotate_net.py) or fix "
+            "DD.STUDENT.GENERATED_DATASETS."
         )
     try:
         dataset_dicts = load_coco_json(json_file, image_root, dataset_name)

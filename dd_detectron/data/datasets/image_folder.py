@@ -219,7 +219,8 @@ def load_image_folder(folder: str, dataset_name: Optional[str] = None) -> List[d
         named = "; ".join(f"{rel} ({reason})" for rel, reason in failures[:_MAX_NAMED_FAILURES])
         more = len(failures) - _MAX_NAMED_FAILURES
         logger.warning(
-            "Image folder %s (dataset %r): %d of %d files are not readable images and are left out: %s%s",
+            "Image folder %s (dataset %r): %d of %d files are not readable images "
+            "and are left out: %s%s",
             folder,
             dataset_name,
             len(failures),
@@ -230,7 +231,8 @@ def load_image_folder(folder: str, dataset_name: Optional[str] = None) -> List[d
     if not records:
         raise ValueError(
             f"Image folder {folder} (dataset {dataset_name!r}) has no readable image "
-            f"({', '.join(IMAGE_EXTENSIONS)}, searched recursively; {len(relative_paths)} candidates)."
+            f"({', '.join(IMAGE_EXTENSIONS)}, searched recursively; "
+            f"{len(relative_paths)} candidates)."
         )
     logger.info(
         "Image folder %s: %d images listed in %.1f s.",
