@@ -39,7 +39,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tes
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 
-from ..config import parse_threshold
+from ..config import num_views, parse_threshold
 from ..data.datasets import ensure_dataset_ready
 from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
 from ..utils import write_atomic
@@ -384,7 +384,7 @@ def annotate(
         len(todo),
         settings.datasets,
         num_images - len(todo),
-        len(cfg.TEST.AUG.MIN_SIZES) * (2 if cfg.TEST.AUG.FLIP else 1),
+        num_views(cfg),
         comm.get_world_size(),
     )
     # Nothing left (a rerun of a finished run): no loader, only the outputs are rewritten.

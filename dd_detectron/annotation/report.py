@@ -4,7 +4,6 @@ calibration curves (mean kept instances per image against the score threshold, m
 keypoints per instance against the keypoint threshold).
 """
 
-import io
 import logging
 import math
 from typing import Optional, Sequence
@@ -12,6 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..utils import write_atomic
+from ..utils.plotting import new_figure, png_bytes
 from .labels import Labeling, LabelingRule
 from .thresholds import LabeledStats
 
@@ -135,12 +135,7 @@ def plot_calibration(labeling: Labeling, path: str) -> None:
         labeling: the labels, their thresholds and the scores they were calibrated on.
         path: the PNG file.
     """
-    # The object-oriented API with the Agg canvas: no pyplot state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure((11, 4.2))
     panels = (
         (
             labeling.score,
@@ -180,7 +175,4 @@ def plot_calibration(labeling: Labeling, path: str) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, png_bytes(fig, dpi=100))
