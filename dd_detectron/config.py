@@ -65,13 +65,26 @@ def add_dd_config(cfg: CN) -> None:
     # number of kept instances per image equals the mean number of annotated instances per
     # labeled image, labeled = DATASETS.TRAIN) or a number in [0, 1] written as a string ("0.7").
     _C.DD.ANNOTATE.SCORE_THRESH = "auto"
-    # Keypoints whose score is >= this get v = 2, the others v = 0 (ignored by the loss): "auto"
-    # (matches the mean number of labeled keypoints per instance in DATASETS.TRAIN) or a number
-    # written as a string. Keypoint scores are what detectron2's decoding reports in
-    # pred_keypoints[..., 2] (detectron2 0.6: the softmax of the heatmap at its peak, normalised
-    # over the pooled heatmap; older releases: the logit), so do not assume they lie in [0, 1].
+    # How an "auto" SCORE_THRESH is calibrated: "global" (one threshold for every category, as
+    # above; the default, the paper's) or "per_category" (category c with n_c labeled instances
+    # over N labeled images gets the threshold at which its kept detections per unlabeled image
+    # average n_c / N; a category with fewer than CATEGORY_MIN_INSTANCES labeled instances takes
+    # the global threshold). "per_category" needs SCORE_THRESH "auto". An instance, here as
+    # above: a non-crowd annotation with a labeled keypoint (keypoint models), with a mask (mask
+    # models), or any non-crowd annotation (box-only models).
+    _C.DD.ANNOTATE.SCORE_THRESH_MODE = "global"
+    # "per_category": fewest labeled instances (DATASETS.TRAIN) a category needs for a threshold
+    # of its own; rarer categories take the global one. An int >= 1.
+    _C.DD.ANNOTATE.CATEGORY_MIN_INSTANCES = 10
+    # Keypoint models: keypoints whose score is >= this get v = 2, the others v = 0 (ignored by
+    # the loss): "auto" (matches the mean number of labeled keypoints per instance in
+    # DATASETS.TRAIN) or a number written as a string. Keypoint scores are what detectron2's
+    # decoding reports in pred_keypoints[..., 2] (detectron2 0.6: the softmax of the heatmap at
+    # its peak, normalised over the pooled heatmap; older releases: the logit), so do not assume
+    # they lie in [0, 1].
     _C.DD.ANNOTATE.KEYPOINT_THRESH = "auto"
-    # A kept instance needs at least this many keypoints with v = 2, else it is dropped.
+    # Keypoint models: a kept instance needs at least this many keypoints with v = 2, else it is
+    # dropped.
     _C.DD.ANNOTATE.MIN_KEYPOINTS = 1
     # Progress is saved (atomically) every this many images, so an interrupted run resumes.
     _C.DD.ANNOTATE.SAVE_PERIOD = 100

@@ -10,12 +10,14 @@ of hard labels (plus a statistics report and a calibration plot), for training a
     python tools/annotate_net.py --num-gpus 8 --config-file CFG --output DIR ...          # GPUs
     torchrun --nproc_per_node 8 tools/annotate_net.py --config-file CFG --output DIR ...  # GPUs
 
-Which images: DD.ANNOTATE.DATASETS. Views: TEST.AUG when TEST.AUG.ENABLED, else plain inference.
-Selection: DD.ANNOTATE.SCORE_THRESH / KEYPOINT_THRESH ("auto" calibrates against DATASETS.TRAIN)
-and MIN_KEYPOINTS. Rerunning the same command resumes an interrupted run. Outputs in DIR:
+Which images: DD.ANNOTATE.DATASETS. Labels: boxes, with masks (RLE) and keypoints as the model's
+heads (MODEL.MASK_ON, MODEL.KEYPOINT_ON) allow. Views: TEST.AUG when TEST.AUG.ENABLED, else plain
+inference. Selection: DD.ANNOTATE.SCORE_THRESH (SCORE_THRESH_MODE: one threshold, or one per
+category) / KEYPOINT_THRESH ("auto" calibrates against DATASETS.TRAIN) and MIN_KEYPOINTS.
+Rerunning the same command resumes an interrupted run. Outputs in DIR:
 person_keypoints_generated.json, annotation_stats.json, calibration.png (see
 dd_detectron/annotation/engine.py); with --truth DATASET also label_quality.json, the labels'
-box and keypoint AP against that dataset's true labels (all written by
+box, mask and keypoint AP (as the heads allow) against that dataset's true labels (all written by
 dd_detectron.annotation.annotate).
 """
 
@@ -104,7 +106,8 @@ def argument_parser():
         metavar="DATASET",
         help="registered dataset with the true labels of the same images "
         "(e.g. synthetic_kp_unlabeled_truth): "
-        "also score the labels against it (box and keypoint AP, DIR/label_quality.json)",
+        "also score the labels against it (box, mask and keypoint AP as the model's heads allow, "
+        "DIR/label_quality.json)",
     )
     return parser
 

@@ -1,6 +1,7 @@
-"""The annotation stage of Data Distillation: hard COCO keypoint labels for unlabeled images."""
+"""The annotation stage of Data Distillation: hard COCO labels (boxes, and masks / keypoints as
+the teacher's heads allow) for unlabeled images."""
 
-from .coco_writer import ImageLabels, LabelSpace, write_coco_keypoints_json
+from .coco_writer import ImageLabels, LabelSpace, write_coco_json, write_coco_keypoints_json
 from .engine import (
     CALIBRATION_PNG,
     LABEL_QUALITY_JSON,
@@ -11,6 +12,7 @@ from .engine import (
     annotate,
     views_config,
 )
+from .heads import Heads
 from .quality import label_quality
 from .thresholds import LabeledStats, labeled_statistics, threshold_for_mean
 
@@ -26,7 +28,9 @@ __all__ = [
     "label_quality",
     "ImageLabels",
     "LabelSpace",
+    "write_coco_json",
     "write_coco_keypoints_json",
+    "Heads",
     "LabeledStats",
     "labeled_statistics",
     "threshold_for_mean",

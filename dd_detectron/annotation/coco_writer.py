@@ -1,5 +1,6 @@
 """
-Hard keypoint labels -> one COCO person_keypoints JSON, written by detectron2's own converter.
+Hard labels -> one COCO JSON (instances; person_keypoints for keypoint models), written by
+detectron2's own converter.
 
 Every image's labels become a detectron2 dataset dict (the format ``load_coco_json`` produces),
 and detectron2's ``convert_to_coco_dict`` turns blocks of them into COCO entries, so the file
@@ -13,13 +14,20 @@ follows detectron2's conventions exactly:
   keypoints, but nothing reads positions with v = 0: detectron2's keypoint loss and
   ``transform_keypoint_annotations`` ignore or zero them, COCOeval skips them in ground truth).
   So the file holds every predicted point, and the labels can also be scored as predictions;
-- bbox: XYWH, rounded to 3 decimals by the converter; area: the box area (no masks here);
+- bbox: XYWH, rounded to 3 decimals by the converter; area: the mask's pixel count for mask
+  labels, else the box area;
+- segmentation (mask models): the predicted hard mask at image resolution as COCO compressed RLE
+  (``{"size": [h, w], "counts": str}``); ``pycocotools.mask.decode`` gives the mask back exactly.
+  detectron2 trains on RLE masks with INPUT.MASK_FORMAT "bitmask" (its polygon format takes
+  polygons only); labels without masks need neither;
 - ids: images keep their dataset ids; annotation ids run 1, 2, ... in the order written.
 
-Added to what the converter writes: ``score`` (detection score) and ``keypoint_scores`` (every
-keypoint's score, visible or not) on each annotation, and ``keypoints`` / ``skeleton`` on each
-category. Blocks of images are converted and streamed to disk one at a time, so memory does not
-grow with the number of images; the file appears atomically when complete.
+Only what the teacher's heads predict is written: ``keypoints`` for keypoint models,
+``segmentation`` for mask models. Added to what the converter writes: ``score`` (detection score)
+on each annotation, and with keypoints ``keypoint_scores`` (every keypoint's score, visible or
+not) on each annotation and ``keypoints`` / ``skeleton`` on each category. Blocks of images are
+converted and streamed to disk one at a time, so memory does not grow with the number of images;
+the file appears atomically when complete.
 """
 
 import contextlib
@@ -30,7 +38,7 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -39,7 +47,13 @@ from detectron2.structures import BoxMode
 
 from ..utils import atomic_write
 
-__all__ = ["LabelSpace", "ImageLabels", "image_labels_to_dataset_dict", "write_coco_keypoints_json"]
+__all__ = [
+    "LabelSpace",
+    "ImageLabels",
+    "image_labels_to_dataset_dict",
+    "write_coco_json",
+    "write_coco_keypoints_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +65,9 @@ class LabelSpace:
     Attributes:
         thing_classes: category names, indexed by the model's class id.
         dataset_ids: the dataset's category id of each class id (COCO person: 1).
-        keypoint_names: K names, in the model's keypoint order.
-        skeleton: limbs as 1-based keypoint index pairs (COCO's convention).
+        keypoint_names: K names, in the model's keypoint order; empty for labels without
+            keypoints.
+        skeleton: limbs as 1-based keypoint index pairs (COCO's convention); empty likewise.
     """
 
     thing_classes: Tuple[str, ...]
@@ -61,29 +76,29 @@ class LabelSpace:
     skeleton: Tuple[Tuple[int, int], ...]
 
     @classmethod
-    def from_metadata(cls, metadata, where: str) -> "LabelSpace":
+    def from_metadata(cls, metadata, where: str, keypoints: bool = True) -> "LabelSpace":
         """Read a dataset's detectron2 metadata.
 
         Args:
-            metadata: a detectron2 Metadata with thing_classes and keypoint_names; optional
-                thing_dataset_id_to_contiguous_id, keypoint_skeleton (1-based pairs) or else
-                keypoint_connection_rules (name pairs) for the skeleton.
+            metadata: a detectron2 Metadata with thing_classes (and keypoint_names for keypoint
+                labels); optional thing_dataset_id_to_contiguous_id, keypoint_skeleton (1-based
+                pairs) or else keypoint_connection_rules (name pairs) for the skeleton.
             where: the dataset / config key named in errors.
+            keypoints: the labels hold keypoints (a keypoint model); False: the keypoint
+                metadata is not read.
         """
         thing_classes = metadata.get("thing_classes")
-        keypoint_names = metadata.get("keypoint_names")
-        if not thing_classes or not keypoint_names:
+        keypoint_names = metadata.get("keypoint_names") if keypoints else ()
+        if not thing_classes or (keypoints and not keypoint_names):
             raise ValueError(
-                f"{where}: its metadata needs thing_classes and keypoint_names to write COCO "
-                f"categories (has thing_classes={thing_classes!r}, "
-                f"keypoint_names={keypoint_names!r})."
+                f"{where}: its metadata needs thing_classes"
+                f"{' and keypoint_names' if keypoints else ''} to write COCO "
+                f"categories (has thing_classes={thing_classes!r}"
+                + (f", keypoint_names={keypoint_names!r})." if keypoints else ").")
             )
-        mapping = metadata.get("thing_dataset_id_to_contiguous_id")
-        if mapping:
-            reverse = {v: k for k, v in mapping.items()}
-            dataset_ids = tuple(int(reverse[i]) for i in range(len(thing_classes)))
-        else:
-            dataset_ids = tuple(range(len(thing_classes)))
+        if not keypoints:
+            return cls(tuple(thing_classes), _dataset_ids(metadata, thing_classes), (), ())
+        dataset_ids = _dataset_ids(metadata, thing_classes)
         skeleton = metadata.get("keypoint_skeleton")
         if skeleton is None:
             index = {name: i + 1 for i, name in enumerate(keypoint_names)}
@@ -105,6 +120,15 @@ class LabelSpace:
         return {d: i for i, d in enumerate(self.dataset_ids)}
 
 
+def _dataset_ids(metadata, thing_classes: Sequence[str]) -> Tuple[int, ...]:
+    """The dataset's category id of each contiguous class id."""
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id")
+    if not mapping:
+        return tuple(range(len(thing_classes)))
+    reverse = {v: k for k, v in mapping.items()}
+    return tuple(int(reverse[i]) for i in range(len(thing_classes)))
+
+
 @dataclass
 class ImageLabels:
     """The hard labels of one image.
@@ -112,8 +136,11 @@ class ImageLabels:
     Attributes:
         image_id, file_name, height, width: the image, as in its dataset.
         boxes: (n, 4) XYXY in image coordinates; scores: (n,); classes: (n,) model class ids.
-        keypoints: (n, K, 3) predicted x, y, score (detectron2's continuous coordinates).
-        visible: (n, K) bool, the keypoints labeled v = 2.
+        keypoints: (n, K, 3) predicted x, y, score (detectron2's continuous coordinates);
+            None without a keypoint head.
+        visible: (n, K) bool, the keypoints labeled v = 2; None without a keypoint head.
+        masks: n COCO RLE dicts (size [height, width], counts str) of the hard masks; None
+            without a mask head.
     """
 
     image_id: object
@@ -123,36 +150,36 @@ class ImageLabels:
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
-    keypoints: np.ndarray
-    visible: np.ndarray
+    keypoints: Optional[np.ndarray]
+    visible: Optional[np.ndarray]
+    masks: Optional[List[dict]] = None
 
 
 def image_labels_to_dataset_dict(labels: ImageLabels) -> dict:
     """The detectron2 dataset dict of one image's labels (what ``load_coco_json`` gives back).
 
     Returns:
-        dict with file_name, image_id, height, width, annotations (bbox XYXY_ABS, keypoints as
-        a flat [x, y, v] * K list (v = 2 visible, 0 not), num_keypoints, iscrowd 0, category_id
-        = class id, and the score / keypoint_scores extras).
+        dict with file_name, image_id, height, width, annotations (bbox XYXY_ABS, category_id
+        = class id, iscrowd 0, score; with keypoints: keypoints as a flat [x, y, v] * K list
+        (v = 2 visible, 0 not), num_keypoints and keypoint_scores; with masks: segmentation,
+        a COCO RLE dict).
     """
     annotations = []
     for i in range(len(labels.boxes)):
-        keypoints = []
-        for (x, y, _), visible in zip(labels.keypoints[i].tolist(), labels.visible[i].tolist()):
-            # v = 0: ignored in training; the position is kept (see the module docstring).
-            keypoints.extend((x, y, 2 if visible else 0))
-        annotations.append(
-            {
-                "bbox": labels.boxes[i].tolist(),
-                "bbox_mode": BoxMode.XYXY_ABS,
-                "category_id": int(labels.classes[i]),
-                "iscrowd": 0,
-                "keypoints": keypoints,
-                "num_keypoints": int(labels.visible[i].sum()),
-                "score": float(labels.scores[i]),
-                "keypoint_scores": labels.keypoints[i, :, 2].tolist(),
-            }
-        )
+        annotation = {
+            "bbox": labels.boxes[i].tolist(),
+            "bbox_mode": BoxMode.XYXY_ABS,
+            "category_id": int(labels.classes[i]),
+            "iscrowd": 0,
+        }
+        if labels.keypoints is not None:
+            annotation.update(_keypoint_fields(labels.keypoints[i], labels.visible[i]))
+        if labels.masks is not None:
+            annotation["segmentation"] = dict(labels.masks[i])  # the converter edits it
+        annotation["score"] = float(labels.scores[i])
+        if labels.keypoints is not None:
+            annotation["keypoint_scores"] = labels.keypoints[i, :, 2].tolist()
+        annotations.append(annotation)
     return {
         "file_name": labels.file_name,
         "image_id": labels.image_id,
@@ -160,6 +187,15 @@ def image_labels_to_dataset_dict(labels: ImageLabels) -> dict:
         "width": int(labels.width),
         "annotations": annotations,
     }
+
+
+def _keypoint_fields(keypoints: np.ndarray, visible: np.ndarray) -> dict:
+    """One instance's keypoints and num_keypoints, in detectron2's dataset-dict form."""
+    flat = []
+    for (x, y, _), v in zip(keypoints.tolist(), visible.tolist()):
+        # v = 0: ignored in training; the position is kept (see the module docstring).
+        flat.extend((x, y, 2 if v else 0))
+    return {"keypoints": flat, "num_keypoints": int(visible.sum())}
 
 
 @contextlib.contextmanager
@@ -182,10 +218,14 @@ def _as_registered_dataset(dataset_dicts: List[dict], label_space: LabelSpace):
         MetadataCatalog.remove(name)
 
 
+# Annotation fields the converter does not write, added back after it.
+_EXTRA_KEYS = ("score", "keypoint_scores")
+
+
 def _convert_block(block: List[ImageLabels], label_space: LabelSpace) -> dict:
     dataset_dicts = [image_labels_to_dataset_dict(x) for x in block]
     extras = [
-        {"score": ann["score"], "keypoint_scores": ann["keypoint_scores"]}
+        {k: ann[k] for k in _EXTRA_KEYS if k in ann}
         for record in dataset_dicts
         for ann in record["annotations"]
     ]
@@ -200,19 +240,20 @@ def _convert_block(block: List[ImageLabels], label_space: LabelSpace) -> dict:
     return coco
 
 
-def write_coco_keypoints_json(
+def write_coco_json(
     path: str,
     images: Iterable[ImageLabels],
     label_space: LabelSpace,
     info: dict,
     block_size: int = 500,
 ) -> Tuple[int, int]:
-    """Write one COCO person_keypoints JSON, atomically, in blocks of images.
+    """Write one COCO JSON (instances, with keypoints when the labels have them), atomically, in
+    blocks of images.
 
     Args:
         path: the file to write.
         images: every image's labels, in the order to write (images without labels included).
-        label_space: categories and keypoints.
+        label_space: categories, and keypoints for keypoint labels.
         info: the file's "info" entry (keep it free of timestamps for reproducible files).
         block_size: images converted at a time.
 
@@ -251,8 +292,13 @@ def write_coco_keypoints_json(
         out.write('], "annotations": [')
         side.seek(0)
         shutil.copyfileobj(side, out)
-        for category in categories:
-            category["keypoints"] = list(label_space.keypoint_names)
-            category["skeleton"] = [list(pair) for pair in label_space.skeleton]
+        if label_space.keypoint_names:
+            for category in categories:
+                category["keypoints"] = list(label_space.keypoint_names)
+                category["skeleton"] = [list(pair) for pair in label_space.skeleton]
         out.write('], "categories": ' + json.dumps(categories) + "}\n")
     return num_images, num_annotations
+
+
+# The name of keypoint-only days; the same writer.
+write_coco_keypoints_json = write_coco_json

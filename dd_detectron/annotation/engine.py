@@ -1,21 +1,24 @@
 """
-The annotation stage: a teacher labels unlabeled images with hard COCO keypoint labels.
+The annotation stage: a teacher labels unlabeled images with hard COCO labels: boxes, and masks
+(RLE) and keypoints as the teacher's heads (MODEL.MASK_ON, MODEL.KEYPOINT_ON; heads.py) allow.
 
 ``annotate(cfg, model, output_dir, truth=...)`` writes every output into ``output_dir``, each
 atomically:
 
-- ``person_keypoints_generated.json``: every readable image of DD.ANNOTATE.DATASETS, with or
-  without labels (see coco_writer.py for the conventions);
-- ``annotation_stats.json``: thresholds chosen, instances per image, keypoints per instance,
-  score histograms, unreadable images (see report.py);
+- ``person_keypoints_generated.json`` (the name kept for every head): every readable image of
+  DD.ANNOTATE.DATASETS, with or without labels, in the categories of the labeled data (see
+  coco_writer.py for the conventions);
+- ``annotation_stats.json``: thresholds chosen (per category too, in per-category mode),
+  instances per image, keypoints per instance, score histograms, unreadable images (report.py);
 - ``calibration.png``: the calibration curves;
-- ``label_quality.json`` (with ``truth``): box and keypoint AP of the labels against the true
-  labels of the same images (quality.py);
+- ``label_quality.json`` (with ``truth``): box, mask and keypoint AP, as the heads allow, of the
+  labels against the true labels of the same images (quality.py);
 - ``progress/``: the raw detections, saved every DD.ANNOTATE.SAVE_PERIOD images (progress.py).
 
-Views: TEST.AUG (MIN_SIZES, MAX_SIZE, FLIP) through the keypoint ensembler when TEST.AUG.ENABLED;
-otherwise the single view of plain inference (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, no flip),
-through the same ensembler (one view = plain inference, see tests/test_tta.py).
+Views: TEST.AUG (MIN_SIZES, MAX_SIZE, FLIP) through the multi-view ensembler when
+TEST.AUG.ENABLED; otherwise the single view of plain inference (INPUT.MIN_SIZE_TEST /
+MAX_SIZE_TEST, no flip): through the same ensembler for keypoint models (one view = plain
+inference, see tests/test_tta.py), through detectron2's inference for the others (teacher.py).
 
 Runs sharded over all processes of the job (detectron2's ``inference_on_dataset``). Rank 0 alone
 reads the datasets (the list of images, the labeled statistics), checks the saved progress and
@@ -41,15 +44,16 @@ from detectron2.utils import comm
 
 from ..config import num_views, parse_threshold
 from ..data.datasets import ensure_dataset_ready
-from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
 from ..utils import write_atomic
-from .coco_writer import LabelSpace, write_coco_keypoints_json
+from .coco_writer import LabelSpace, write_coco_json
 from .evaluator import AnnotationEvaluator
+from .heads import Heads
 from .inputs import SkipUnreadable, annotation_mapper, images_to_label, throughput
 from .labels import LabelingRule, make_labels
 from .progress import ProgressStore
 from .quality import label_quality
 from .report import labeling_report, plot_calibration
+from .teacher import build_teacher
 from .thresholds import LabeledStats, labeled_statistics
 
 __all__ = [
@@ -79,6 +83,9 @@ PROGRESS_DIR = "progress"
 # (far below 1e-3 px).
 MEMORY_ONLY_KEYS = ("DD.TTA.CACHE_FEATURES", "DD.TTA.VIEW_BATCH_SIZE")
 
+# DD.ANNOTATE.SCORE_THRESH_MODE values (config.py).
+SCORE_THRESH_MODES = ("global", "per_category")
+
 
 @dataclass(frozen=True)
 class AnnotationSettings:
@@ -86,13 +93,15 @@ class AnnotationSettings:
 
     Attributes:
         datasets: the datasets to label.
-        rule: thresholds and keypoint minimum.
+        rule: thresholds, their mode and the keypoint minimum.
         save_period: images per saved progress chunk.
+        heads: the teacher's heads (MODEL.MASK_ON, MODEL.KEYPOINT_ON).
     """
 
     datasets: tuple
     rule: LabelingRule
     save_period: int
+    heads: Heads
 
     @classmethod
     def from_cfg(cls, cfg) -> "AnnotationSettings":
@@ -112,11 +121,29 @@ class AnnotationSettings:
             raise ValueError(f"DD.ANNOTATE.SAVE_PERIOD must be >= 1, got {a.SAVE_PERIOD}")
         if len(a.DATASETS) == 0:
             raise ValueError("DD.ANNOTATE.DATASETS is empty: name the unlabeled datasets to label.")
-        return cls(
-            tuple(a.DATASETS),
-            LabelingRule(score, keypoint, int(a.MIN_KEYPOINTS)),
-            int(a.SAVE_PERIOD),
+        per_category = _per_category(a.SCORE_THRESH_MODE, score)
+        if a.CATEGORY_MIN_INSTANCES < 1:
+            raise ValueError(
+                f"DD.ANNOTATE.CATEGORY_MIN_INSTANCES must be >= 1, got {a.CATEGORY_MIN_INSTANCES}"
+            )
+        rule = LabelingRule(
+            score, keypoint, int(a.MIN_KEYPOINTS), per_category, int(a.CATEGORY_MIN_INSTANCES)
         )
+        return cls(tuple(a.DATASETS), rule, int(a.SAVE_PERIOD), Heads.from_cfg(cfg))
+
+
+def _per_category(mode, score_thresh: Optional[float]) -> bool:
+    """Read DD.ANNOTATE.SCORE_THRESH_MODE: True for "per_category"."""
+    if mode not in SCORE_THRESH_MODES:
+        raise ValueError(
+            f"DD.ANNOTATE.SCORE_THRESH_MODE must be one of {SCORE_THRESH_MODES}, got {mode!r}"
+        )
+    if mode == "per_category" and score_thresh is not None:
+        raise ValueError(
+            "DD.ANNOTATE.SCORE_THRESH_MODE 'per_category' calibrates an 'auto' "
+            f"DD.ANNOTATE.SCORE_THRESH, got {score_thresh!r}: use 'auto', or mode 'global'."
+        )
+    return mode == "per_category"
 
 
 def views_config(cfg):
@@ -160,7 +187,10 @@ def _without_memory_keys(fingerprint: dict) -> dict:
 
 
 def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
-    """Categories and keypoints from the labeled data's metadata, else the unlabeled data's."""
+    """Categories (and keypoints, for keypoint models) from the labeled data's metadata, else the
+    unlabeled data's; as many categories as the model has classes."""
+    keypoints = settings.heads.keypoint
+    needed = "thing_classes and keypoint_names" if keypoints else "thing_classes"
     tried = []
     for key, names in (
         ("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
@@ -170,26 +200,42 @@ def _label_space(cfg, settings: AnnotationSettings) -> LabelSpace:
             metadata = MetadataCatalog.get(name)
             if name in DatasetCatalog.list():
                 ensure_dataset_ready(name)  # COCO-style datasets learn category ids on load
-            if metadata.get("thing_classes") and metadata.get("keypoint_names"):
-                return LabelSpace.from_metadata(metadata, f"{key} {name!r}")
+            if metadata.get("thing_classes") and (not keypoints or metadata.get("keypoint_names")):
+                space = LabelSpace.from_metadata(metadata, f"{key} {name!r}", keypoints)
+                _check_num_classes(cfg, space, f"{key} {name!r}")
+                return space
             tried.append(name)
     raise ValueError(
-        f"No dataset of DATASETS.TRAIN or DD.ANNOTATE.DATASETS ({tried}) has thing_classes and "
-        "keypoint_names in its metadata: the generated JSON needs its categories and keypoint "
-        "names."
+        f"No dataset of DATASETS.TRAIN or DD.ANNOTATE.DATASETS ({tried}) has {needed} in its "
+        "metadata: the generated JSON needs its categories"
+        f"{' and keypoint names' if keypoints else ''}."
     )
+
+
+def _check_num_classes(cfg, space: LabelSpace, where: str) -> None:
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if len(space.thing_classes) != num_classes:
+        raise ValueError(
+            f"{where} has {len(space.thing_classes)} categories {list(space.thing_classes)}, "
+            f"the model MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}: the labels are written in "
+            "the labeled data's categories, one per class of the model."
+        )
+
+
+# What "auto" calibrates on, by instance kind (thresholds.py), for errors.
+_CALIBRATED_ON = {
+    "keypoints": ("labeled keypoints", "non-crowd annotation with a labeled keypoint", "keypoint"),
+    "masks": ("labeled masks", "non-crowd annotation with a segmentation (mask)", "mask"),
+    "boxes": ("labeled boxes", "non-crowd annotation", "box"),
+}
 
 
 def _labeled_stats(cfg, settings: AnnotationSettings) -> Optional[LabeledStats]:
     """Statistics of DATASETS.TRAIN, when a threshold is "auto"."""
-    auto_keys = [
-        key
-        for key, value in (
-            ("DD.ANNOTATE.SCORE_THRESH", settings.rule.score_thresh),
-            ("DD.ANNOTATE.KEYPOINT_THRESH", settings.rule.keypoint_thresh),
-        )
-        if value is None
-    ]
+    thresholds = [("DD.ANNOTATE.SCORE_THRESH", settings.rule.score_thresh)]
+    if settings.heads.keypoint:
+        thresholds.append(("DD.ANNOTATE.KEYPOINT_THRESH", settings.rule.keypoint_thresh))
+    auto_keys = [key for key, value in thresholds if value is None]
     if not auto_keys:
         return None
     if len(cfg.DATASETS.TRAIN) == 0:
@@ -197,24 +243,40 @@ def _labeled_stats(cfg, settings: AnnotationSettings) -> Optional[LabeledStats]:
             f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled data: "
             "DATASETS.TRAIN is empty."
         )
+    kind = settings.heads.instance_kind
     stats = labeled_statistics(
         itertools.chain.from_iterable(DatasetCatalog.get(n) for n in cfg.DATASETS.TRAIN),
         tuple(cfg.DATASETS.TRAIN),
+        kind,
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES if settings.rule.per_category else None,
     )
     if stats.num_instances == 0:
+        on, instance, dataset = _CALIBRATED_ON[kind]
         raise ValueError(
-            f"{' and '.join(auto_keys)} = 'auto' calibrates on labeled keypoints, "
+            f"{' and '.join(auto_keys)} = 'auto' calibrates on {on}, "
             "but DATASETS.TRAIN="
-            f"{tuple(cfg.DATASETS.TRAIN)} has no non-crowd annotation with a labeled keypoint "
-            f"({stats.num_images} images). Give a labeled keypoint dataset or numeric thresholds."
+            f"{tuple(cfg.DATASETS.TRAIN)} ({_json_files(cfg.DATASETS.TRAIN)}) has no {instance} "
+            f"({stats.num_images} images). Give a labeled {dataset} dataset or numeric "
+            "thresholds."
         )
     logger.info(
-        "Labeled data %s: %.4f instances per image, %.4f labeled keypoints per instance.",
+        "Labeled data %s: %.4f instances (%s) per image, %.4f labeled keypoints per instance%s.",
         stats.datasets,
         stats.instances_per_image,
+        kind,
         stats.keypoints_per_instance,
+        (
+            f"; instances by category {list(stats.category_instances)}"
+            if stats.category_instances
+            else ""
+        ),
     )
     return stats
+
+
+def _json_files(names) -> str:
+    files = [MetadataCatalog.get(n).get("json_file") for n in names]
+    return ", ".join(str(f) for f in files if f) or "no json_file in their metadata"
 
 
 def _on_main_process_then_share(fn):
@@ -272,19 +334,17 @@ def _given_images(images: Sequence[dict]) -> list:
     return images
 
 
-def _write_outputs(cfg, settings, plan: _Plan, store, chunk_names, output_dir, truth) -> dict:
-    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
-    labeled, label_space, images = plan.labeled, plan.label_space, plan.images
-    labeling = make_labels(
-        store,
-        {r["image_id"]: r for r in images},
-        settings.rule,
-        labeled,
-        num_keypoints,
-        chunk_names,
-    )
+def _description(heads: Heads) -> str:
+    """The JSON's info.description (a keypoint-only model's is what it always was)."""
+    if heads.keypoint and not heads.mask:
+        return "Hard keypoint labels generated by dd-detectron (Data Distillation)."
+    return f"Hard labels ({heads.describe()}) generated by dd-detectron (Data Distillation)."
+
+
+def _info(cfg, settings: AnnotationSettings, labeling, label_space: LabelSpace) -> dict:
+    """The JSON's info entry: the teacher, the views and the thresholds (no timestamps)."""
     info = {
-        "description": "Hard keypoint labels generated by dd-detectron (Data Distillation).",
+        "description": _description(settings.heads),
         "teacher_weights": cfg.MODEL.WEIGHTS,
         "views": {
             "min_sizes": list(cfg.TEST.AUG.MIN_SIZES),
@@ -292,45 +352,87 @@ def _write_outputs(cfg, settings, plan: _Plan, store, chunk_names, output_dir, t
             "flip": cfg.TEST.AUG.FLIP,
         },
         "score_threshold": labeling.score.value,
-        "keypoint_threshold": labeling.keypoint.value,
-        "min_keypoints": settings.rule.min_keypoints,
     }
-    json_path = os.path.join(output_dir, OUTPUT_JSON)
-    num_images, num_annotations = write_coco_keypoints_json(
-        json_path, labeling.labels, label_space, info
+    if labeling.keypoint is not None:
+        info["keypoint_threshold"] = labeling.keypoint.value
+        info["min_keypoints"] = settings.rule.min_keypoints
+    if labeling.category_scores is not None:
+        info["score_threshold_per_category"] = {
+            label_space.thing_classes[c.class_id]: c.choice.value for c in labeling.category_scores
+        }
+    return info
+
+
+def _summary(json_path, num_images, num_annotations, labeling, report) -> dict:
+    """annotate()'s "annotation" result and its log line."""
+    summary = {
+        "json_file": json_path,
+        "images": num_images,
+        "annotations": num_annotations,
+        "failed_images": len(labeling.failed),
+        "score_threshold": labeling.score.value,
+    }
+    if labeling.keypoint is not None:
+        summary["keypoint_threshold"] = labeling.keypoint.value
+    summary["instances_per_image"] = report["instances_per_image"]["mean"]
+    if labeling.keypoint is not None:
+        summary["keypoints_per_instance"] = report["keypoints_per_instance"]["mean"]
+    if labeling.category_scores is not None:
+        summary["score_threshold_per_category"] = [c.choice.value for c in labeling.category_scores]
+    keypoints = (
+        ", %.2f visible keypoints each; keypoint threshold %.4g (%s)"
+        % (
+            summary["keypoints_per_instance"],
+            labeling.keypoint.value,
+            "auto" if labeling.keypoint.auto else "fixed",
+        )
+        if labeling.keypoint is not None
+        else ""
     )
-    report = labeling_report(labeling, labeled, settings.rule, settings.datasets, OUTPUT_JSON)
-    stats_path = os.path.join(output_dir, STATS_JSON)
-    write_atomic(stats_path, json.dumps(report, indent=1))
-    plot_calibration(labeling, os.path.join(output_dir, CALIBRATION_PNG))
     logger.info(
-        "Wrote %s: %d images, %d annotations (%.3f per image, %.2f visible keypoints each); score "
-        "threshold %.4g (%s), keypoint threshold %.4g (%s); %d unreadable images.",
+        "Wrote %s: %d images, %d annotations (%.3f per image%s); score threshold %.4g (%s%s); "
+        "%d unreadable images.",
         json_path,
         num_images,
         num_annotations,
-        report["instances_per_image"]["mean"],
-        report["keypoints_per_instance"]["mean"],
+        summary["instances_per_image"],
+        keypoints,
         labeling.score.value,
         "auto" if labeling.score.auto else "fixed",
-        labeling.keypoint.value,
-        "auto" if labeling.keypoint.auto else "fixed",
+        (
+            ", per category %s" % summary["score_threshold_per_category"]
+            if labeling.category_scores is not None
+            else ""
+        ),
         len(labeling.failed),
     )
-    results = {
-        "annotation": {
-            "json_file": json_path,
-            "images": num_images,
-            "annotations": num_annotations,
-            "failed_images": len(labeling.failed),
-            "score_threshold": labeling.score.value,
-            "keypoint_threshold": labeling.keypoint.value,
-            "instances_per_image": report["instances_per_image"]["mean"],
-            "keypoints_per_instance": report["keypoints_per_instance"]["mean"],
-        }
-    }
+    return summary
+
+
+def _write_outputs(cfg, settings, plan: _Plan, store, chunk_names, output_dir, truth) -> dict:
+    heads, labeled, label_space = settings.heads, plan.labeled, plan.label_space
+    labeling = make_labels(
+        store,
+        {r["image_id"]: r for r in plan.images},
+        settings.rule,
+        labeled,
+        heads.num_keypoints,
+        chunk_names,
+        masks=heads.mask,
+    )
+    json_path = os.path.join(output_dir, OUTPUT_JSON)
+    num_images, num_annotations = write_coco_json(
+        json_path, labeling.labels, label_space, _info(cfg, settings, labeling, label_space)
+    )
+    report = labeling_report(
+        labeling, labeled, settings.rule, settings.datasets, OUTPUT_JSON, label_space.thing_classes
+    )
+    stats_path = os.path.join(output_dir, STATS_JSON)
+    write_atomic(stats_path, json.dumps(report, indent=1))
+    plot_calibration(labeling, os.path.join(output_dir, CALIBRATION_PNG))
+    results = {"annotation": _summary(json_path, num_images, num_annotations, labeling, report)}
     if truth:
-        quality = label_quality(json_path, truth, cfg.TEST.KEYPOINT_OKS_SIGMAS)
+        quality = label_quality(json_path, truth, cfg.TEST.KEYPOINT_OKS_SIGMAS, heads.iou_types)
         write_atomic(os.path.join(output_dir, LABEL_QUALITY_JSON), json.dumps(quality, indent=1))
         results["label_quality"] = quality
     return results
@@ -351,12 +453,14 @@ def annotate(
     Args:
         cfg: the config (views: TEST.AUG / DD.TTA; selection: DD.ANNOTATE; labeled data:
             DATASETS.TRAIN).
-        model: the teacher, a Keypoint R-CNN GeneralizedRCNN with its weights loaded.
+        model: the teacher, an R-CNN (GeneralizedRCNN: boxes, with masks and / or keypoints as
+            MODEL.MASK_ON / MODEL.KEYPOINT_ON say) with its weights loaded.
         output_dir: where the outputs and the progress go.
         images: the images to label instead of DD.ANNOTATE.DATASETS' (dicts with image_id,
             file_name and optionally height, width), e.g. a subset.
         truth: a registered dataset with the true labels of the same images: also write
-            LABEL_QUALITY_JSON, the labels' box and keypoint AP against it.
+            LABEL_QUALITY_JSON, the labels' box, mask and keypoint AP (as the heads allow)
+            against it.
 
     Returns:
         on rank 0, {"annotation": {...summary...}} (and "label_quality" with ``truth``); on
@@ -364,7 +468,7 @@ def annotate(
     """
     settings = AnnotationSettings.from_cfg(cfg)
     cfg = views_config(cfg)
-    ensembler = KeypointRCNNWithTTA(cfg, model)  # checks the model and the views first
+    teacher = build_teacher(cfg, model, settings.heads)  # checks the model and the views first
     if images is not None:
         images = _given_images(images)
     os.makedirs(output_dir, exist_ok=True)
@@ -395,9 +499,10 @@ def annotate(
         if todo
         else []
     )
-    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
-    evaluator = AnnotationEvaluator(store, num_keypoints, settings.save_period)
-    model_runner = SkipUnreadable(ensembler)
+    evaluator = AnnotationEvaluator(store, settings.heads, settings.save_period)
+    # inference_on_dataset puts the runner back in its own mode at the end, recursively: in the
+    # teacher's mode, so that the caller's model is left as it was given.
+    model_runner = SkipUnreadable(teacher).train(model.training)
     written = inference_on_dataset(model_runner, loader, evaluator)
     if not comm.is_main_process():
         return {}

@@ -9,6 +9,7 @@ import os
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from .heads import Heads
 from .progress import PredictionChunk, ProgressStore
 
 __all__ = ["AnnotationEvaluator"]
@@ -21,23 +22,24 @@ class AnnotationEvaluator(DatasetEvaluator):
     (per process), so an interrupted run loses at most that many; at the end, gathers to rank 0
     the names of the chunks every process wrote, and counts.
 
-    Memory is bounded by ``save_period`` images of detections (no heatmaps, no images).
+    Memory is bounded by ``save_period`` images of detections (no heatmaps, no images; masks
+    as RLE, each image's dense masks encoded as soon as it is processed).
     """
 
-    def __init__(self, store: ProgressStore, num_keypoints: int, save_period: int):
+    def __init__(self, store: ProgressStore, heads: Heads, save_period: int):
         """
         Args:
             store: the run's progress directory.
-            num_keypoints: K.
+            heads: the teacher's heads (what a chunk keeps).
             save_period: images per saved chunk, >= 1.
         """
         self._store = store
-        self._num_keypoints = num_keypoints
+        self._heads = heads
         self._save_period = save_period
         self.reset()
 
     def reset(self):
-        self._chunk = PredictionChunk()
+        self._chunk = self._new_chunk()
         self._written = []
         self._num_done = 0
         self._num_failed = 0
@@ -62,9 +64,12 @@ class AnnotationEvaluator(DatasetEvaluator):
 
     def _save(self):
         if len(self._chunk):
-            path = self._store.write(self._chunk, self._num_keypoints)
+            path = self._store.write(self._chunk, self._heads.num_keypoints)
             self._written.append(os.path.basename(path))
-            self._chunk = PredictionChunk()
+            self._chunk = self._new_chunk()
+
+    def _new_chunk(self) -> PredictionChunk:
+        return PredictionChunk(keypoints=self._heads.keypoint, masks=self._heads.mask)
 
     def evaluate(self):
         """

@@ -25,9 +25,10 @@ __all__ = [
     "throughput",
 ]
 
-# The fields of the model's output that the annotation stage keeps (progress.py stores these);
-# the rest (pred_keypoint_heatmaps: R x K x 56 x 56 floats, ~21 MB per image) stays on the device.
-KEPT_FIELDS = ("pred_boxes", "scores", "pred_classes", "pred_keypoints")
+# The fields of the model's output that the annotation stage keeps (progress.py stores these, the
+# masks as RLE); the rest (pred_keypoint_heatmaps: R x K x 56 x 56 floats, ~21 MB per image)
+# stays on the device.
+KEPT_FIELDS = ("pred_boxes", "scores", "pred_classes", "pred_keypoints", "pred_masks")
 
 logger = logging.getLogger(__name__)
 

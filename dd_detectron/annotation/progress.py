@@ -13,8 +13,14 @@ The resumable record of an annotation run: raw detections, a few hundred bytes p
 
 Per chunk: ``meta`` (JSON: image ids with their size, and images that could not be read with the
 reason), ``num_instances`` (per image), ``boxes`` (N, 4) XYXY, ``scores`` (N,), ``classes`` (N,),
-``keypoints`` (N, K, 3) x, y, score, all in image coordinates, as the model returned them
-(float32). Thresholds are applied later, so they can change without running the model again.
+``keypoints`` (N, K, 3) x, y, score (keypoint models), all in image coordinates, as the model
+returned them (float32). Thresholds are applied later, so they can change without running the
+model again.
+
+Mask models also store their hard masks (``pred_masks``, image size), compactly: each instance's
+mask as COCO's compressed RLE string (``pycocotools.mask.encode``; its size is the image's),
+``mask_rle`` (uint8) holding every instance's string one after another and ``mask_rle_lengths``
+(N,) their lengths. A keypoint-only model's chunks are as they always were.
 """
 
 import json
@@ -23,22 +29,62 @@ import os
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 import numpy as np
+import pycocotools.mask as mask_util
 
 from ..utils import atomic_write, write_atomic
 
-__all__ = ["PredictionChunk", "ProgressStore"]
+__all__ = ["PredictionChunk", "ProgressStore", "encode_masks", "split_rles"]
 
 logger = logging.getLogger(__name__)
+
+
+def encode_masks(masks: np.ndarray) -> List[bytes]:
+    """COCO compressed RLE strings of hard masks.
+
+    Args:
+        masks: (n, H, W) bool or {0, 1} array.
+
+    Returns:
+        n ASCII strings (bytes), each decodable with the size (H, W) by ``pycocotools.mask``.
+    """
+    if len(masks) == 0:
+        return []
+    fortran = np.asfortranarray(np.moveaxis(np.asarray(masks, dtype=np.uint8), 0, -1))
+    return [rle["counts"] for rle in mask_util.encode(fortran)]
+
+
+def split_rles(rle: np.ndarray, lengths: np.ndarray) -> List[str]:
+    """A chunk's stored masks as one RLE string per instance, in order.
+
+    Args:
+        rle, lengths: a chunk's ``mask_rle`` and ``mask_rle_lengths``.
+
+    Returns:
+        the ``counts`` of each instance's COCO RLE (its size is its image's).
+    """
+    data = rle.tobytes()
+    ends = np.cumsum(lengths, dtype=np.int64)
+    return [data[int(e - n) : int(e)].decode("ascii") for n, e in zip(lengths, ends)]
 
 
 class PredictionChunk:
     """The detections of a group of images, collected one image at a time."""
 
-    def __init__(self):
+    def __init__(self, keypoints: bool = True, masks: bool = False):
+        """
+        Args:
+            keypoints: store pred_keypoints (a keypoint model).
+            masks: store pred_masks, as RLE (a mask model).
+        """
         self.images: List[list] = []  # [image_id, height, width]
         self.failed: List[list] = []  # [image_id, file_name, reason]
         self.first_index: Optional[int] = None
-        self._arrays: Dict[str, list] = {"boxes": [], "scores": [], "classes": [], "keypoints": []}
+        self.keypoints, self.masks = keypoints, masks
+        self._arrays: Dict[str, list] = {"boxes": [], "scores": [], "classes": []}
+        if keypoints:
+            self._arrays["keypoints"] = []
+        if masks:
+            self._mask_rles: List[bytes] = []
         self._num_instances: List[int] = []
 
     def __len__(self) -> int:
@@ -54,7 +100,8 @@ class PredictionChunk:
             index: the image's position in the list of images to label (names the chunk).
             image_id: its id.
             height, width: its size.
-            instances: detectron2 Instances with pred_boxes, scores, pred_classes, pred_keypoints.
+            instances: detectron2 Instances with pred_boxes, scores, pred_classes, and
+                pred_keypoints / pred_masks (hard masks of the image's size) as the chunk keeps.
         """
         self._note_index(index)
         self.images.append([image_id, int(height), int(width)])
@@ -64,10 +111,27 @@ class PredictionChunk:
         )
         self._arrays["scores"].append(instances.scores.numpy().astype(np.float32, copy=False))
         self._arrays["classes"].append(instances.pred_classes.numpy().astype(np.int32, copy=False))
-        self._arrays["keypoints"].append(
-            instances.pred_keypoints.numpy().astype(np.float32, copy=False)
-        )
+        if self.keypoints:
+            self._arrays["keypoints"].append(
+                instances.pred_keypoints.numpy().astype(np.float32, copy=False)
+            )
+        if self.masks:
+            self._mask_rles.extend(encode_masks(self._hard_masks(instances, height, width)))
         self._num_instances.append(len(instances))
+
+    @staticmethod
+    def _hard_masks(instances, height: int, width: int) -> np.ndarray:
+        if not instances.has("pred_masks"):
+            raise ValueError(
+                "MODEL.MASK_ON is True, but the model's output has no pred_masks to label with."
+            )
+        masks = instances.pred_masks.numpy()
+        if masks.shape[1:] != (int(height), int(width)):
+            raise ValueError(
+                f"pred_masks of shape {tuple(masks.shape)}: expected hard masks of the image's "
+                f"size {int(height)} x {int(width)} (detectron2's postprocessed output)."
+            )
+        return masks
 
     def add_failure(self, index: int, image_id, file_name: str, reason: str) -> None:
         """Record an image that could not be read (it gets no labels and is reported)."""
@@ -77,7 +141,7 @@ class PredictionChunk:
     def arrays(self, num_keypoints: int) -> Dict[str, np.ndarray]:
         """
         Args:
-            num_keypoints: K, for the shape of an empty keypoint array.
+            num_keypoints: K, for the shape of an empty keypoint array (keypoint chunks).
 
         Returns:
             the chunk's arrays, as stored (see the module docstring).
@@ -88,14 +152,21 @@ class PredictionChunk:
             return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype)
 
         meta = {"images": self.images, "failed": self.failed}
-        return {
+        arrays = {
             "meta": np.array(json.dumps(meta)),
             "num_instances": np.asarray(self._num_instances, dtype=np.int32),
             "boxes": cat("boxes", (0, 4), np.float32),
             "scores": cat("scores", (0,), np.float32),
             "classes": cat("classes", (0,), np.int32),
-            "keypoints": cat("keypoints", (0, num_keypoints, 3), np.float32),
         }
+        if self.keypoints:
+            arrays["keypoints"] = cat("keypoints", (0, num_keypoints, 3), np.float32)
+        if self.masks:
+            arrays["mask_rle"] = np.frombuffer(b"".join(self._mask_rles), dtype=np.uint8)
+            arrays["mask_rle_lengths"] = np.asarray(
+                [len(r) for r in self._mask_rles], dtype=np.int64
+            )
+        return arrays
 
 
 class ProgressStore:

@@ -1,7 +1,8 @@
 """
 The report written next to the generated labels: a JSON of statistics and a PNG of the
-calibration curves (mean kept instances per image against the score threshold, mean visible
-keypoints per instance against the keypoint threshold).
+calibration curves (mean kept instances per image against the score threshold, and for keypoint
+models mean visible keypoints per instance against the keypoint threshold). Keypoint entries are
+there for keypoint models only; per-category thresholds in per-category mode only.
 """
 
 import logging
@@ -45,6 +46,7 @@ def labeling_report(
     rule: LabelingRule,
     datasets: Sequence[str],
     json_file: str,
+    class_names: Sequence[str] = (),
 ) -> dict:
     """Statistics of a labeling, JSON-serialisable and free of timings (reproducible).
 
@@ -54,34 +56,22 @@ def labeling_report(
         rule: the labeling settings.
         datasets: the labeled (unlabeled-data) datasets.
         json_file: the generated JSON's file name.
+        class_names: the category names by class id (named in per-category thresholds).
 
     Returns:
         dict: images (total / labeled / failed), the failed images with reasons, thresholds
-        chosen with their targets and achieved means, instances per image and keypoints per
-        instance (mean and histogram), score histograms.
+        chosen with their targets and achieved means (per category too in per-category mode),
+        instances per image and keypoints per instance (mean and histogram), score histograms.
     """
     per_image = np.array([len(x.boxes) for x in labeling.labels], dtype=np.int64)
-    visible = (
-        np.concatenate([x.visible.sum(axis=1) for x in labeling.labels])
-        if labeling.labels
-        else np.zeros((0,), np.int64)
-    )
+    score_lo = min(0.0, float(labeling.all_scores.min())) if len(labeling.all_scores) else 0.0
+    score_hi = max(1.0, float(labeling.all_scores.max())) if len(labeling.all_scores) else 1.0
     kept_scores = (
         np.concatenate([x.scores for x in labeling.labels])
         if labeling.labels
         else np.zeros((0,), np.float32)
     )
-    kp = labeling.candidate_keypoint_scores.reshape(-1)
-    kp_lo, kp_hi = (float(kp.min()), float(kp.max())) if len(kp) else (0.0, 1.0)
-    score_lo = min(0.0, float(labeling.all_scores.min())) if len(labeling.all_scores) else 0.0
-    score_hi = max(1.0, float(labeling.all_scores.max())) if len(labeling.all_scores) else 1.0
-
-    def threshold(choice):
-        out = choice.to_dict()
-        out["value"] = _finite_or_none(out["value"])
-        return out
-
-    return {
+    report = {
         "datasets": list(datasets),
         "json_file": json_file,
         "images": {
@@ -93,28 +83,64 @@ def labeling_report(
             {"image_id": i, "file_name": f, "error": e} for i, f, e in labeling.failed
         ],
         "labeled_data": None if labeled is None else labeled.to_dict(),
-        "score_threshold": threshold(labeling.score),
-        "keypoint_threshold": threshold(labeling.keypoint),
-        "min_keypoints": rule.min_keypoints,
-        "instances_dropped_min_keypoints": labeling.dropped_min_keypoints,
-        "instances": int(per_image.sum()),
-        "instances_per_image": {
-            "mean": float(per_image.mean()) if len(per_image) else 0.0,
-            "histogram": _count_histogram(per_image),
-        },
-        "keypoints_per_instance": {
-            "mean": float(visible.mean()) if len(visible) else 0.0,
-            "histogram": _count_histogram(visible),
-        },
-        "detection_score_histogram": {
-            "all": _histogram(labeling.all_scores, score_lo, score_hi),
-            "kept": _histogram(kept_scores, score_lo, score_hi),
-        },
-        "keypoint_score_histogram": {
+        "score_threshold": _threshold(labeling.score),
+    }
+    if labeling.category_scores is not None:
+        report["score_threshold_per_category"] = [
+            dict(c.to_dict(), choice=_threshold(c.choice), name=_name(class_names, c.class_id))
+            for c in labeling.category_scores
+        ]
+    if labeling.keypoint is not None:
+        report.update(_keypoint_entries(labeling, rule))
+    report["instances"] = int(per_image.sum())
+    report["instances_per_image"] = {
+        "mean": float(per_image.mean()) if len(per_image) else 0.0,
+        "histogram": _count_histogram(per_image),
+    }
+    if labeling.keypoint is not None:
+        report["keypoints_per_instance"] = _keypoints_per_instance(labeling)
+    report["detection_score_histogram"] = {
+        "all": _histogram(labeling.all_scores, score_lo, score_hi),
+        "kept": _histogram(kept_scores, score_lo, score_hi),
+    }
+    if labeling.keypoint is not None:
+        kp = labeling.candidate_keypoint_scores.reshape(-1)
+        kp_lo, kp_hi = (float(kp.min()), float(kp.max())) if len(kp) else (0.0, 1.0)
+        report["keypoint_score_histogram"] = {
             # Keypoint scores of every instance above the score threshold (before the
             # keypoint threshold), over their own range: they are not bounded to [0, 1].
             "candidates": _histogram(kp, kp_lo, kp_hi),
-        },
+        }
+    return report
+
+
+def _name(class_names: Sequence[str], class_id: int) -> Optional[str]:
+    return class_names[class_id] if class_id < len(class_names) else None
+
+
+def _threshold(choice) -> dict:
+    out = choice.to_dict()
+    out["value"] = _finite_or_none(out["value"])
+    return out
+
+
+def _keypoint_entries(labeling: Labeling, rule: LabelingRule) -> dict:
+    return {
+        "keypoint_threshold": _threshold(labeling.keypoint),
+        "min_keypoints": rule.min_keypoints,
+        "instances_dropped_min_keypoints": labeling.dropped_min_keypoints,
+    }
+
+
+def _keypoints_per_instance(labeling: Labeling) -> dict:
+    visible = (
+        np.concatenate([x.visible.sum(axis=1) for x in labeling.labels])
+        if labeling.labels
+        else np.zeros((0,), np.int64)
+    )
+    return {
+        "mean": float(visible.mean()) if len(visible) else 0.0,
+        "histogram": _count_histogram(visible),
     }
 
 
@@ -129,31 +155,34 @@ def _mean_count_curve(scores: np.ndarray, num_units: int):
 
 
 def plot_calibration(labeling: Labeling, path: str) -> None:
-    """Draw the two calibration curves to a PNG, atomically.
+    """Draw the calibration curves (score; keypoint for keypoint models) to a PNG, atomically.
 
     Args:
         labeling: the labels, their thresholds and the scores they were calibrated on.
         path: the PNG file.
     """
-    fig = new_figure((11, 4.2))
-    panels = (
+    panels = [
         (
             labeling.score,
             labeling.all_scores,
             len(labeling.labels),
             "detection score threshold",
             "mean kept instances per image",
-        ),
-        (
-            labeling.keypoint,
-            labeling.candidate_keypoint_scores.reshape(-1),
-            len(labeling.candidate_keypoint_scores),
-            "keypoint score threshold",
-            "mean visible keypoints per instance",
-        ),
-    )
+        )
+    ]
+    if labeling.keypoint is not None:
+        panels.append(
+            (
+                labeling.keypoint,
+                labeling.candidate_keypoint_scores.reshape(-1),
+                len(labeling.candidate_keypoint_scores),
+                "keypoint score threshold",
+                "mean visible keypoints per instance",
+            )
+        )
+    fig = new_figure((5.5 * len(panels), 4.2))
     for i, (choice, scores, units, xlabel, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
+        ax = fig.add_subplot(1, len(panels), i + 1)
         x, y = _mean_count_curve(scores, units)
         ax.step(x, y, where="post", color="tab:blue", label="teacher's predictions")
         if choice.target is not None:
