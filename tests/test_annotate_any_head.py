@@ -9,6 +9,7 @@ inference, one torch thread.
 import json
 import os
 import re
+import socket
 import uuid
 
 import cv2
@@ -20,12 +21,14 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.detection_utils import read_image
 from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from pycocotools.coco import COCO
 from tiny_keypoint_rcnn import tiny_model, tiny_rcnn_cfg
 
 from dd_detectron.annotation import (
+    CALIBRATION_PNG,
     LABEL_QUALITY_JSON,
     OUTPUT_JSON,
     STATS_JSON,
@@ -302,6 +305,9 @@ def test_per_category_annotation_of_a_box_model(data, tmp_path):
         "per_category",
         "DD.ANNOTATE.CATEGORY_MIN_INSTANCES",
         2,
+        # Every class among the detections (with 4, this random model's are all dogs).
+        "TEST.DETECTIONS_PER_IMAGE",
+        30,
     )
     out = str(tmp_path / "run")
     summary = annotate(cfg, tiny_model(cfg), out)["annotation"]
@@ -313,22 +319,28 @@ def test_per_category_annotation_of_a_box_model(data, tmp_path):
     assert [c["calibrated"] for c in per_category] == [True, True, False]
     assert "keypoint_threshold" not in stats and "keypoints_per_instance" not in stats
 
-    # Each calibrated category keeps round(target * 5 images) of its detections (or all).
+    # Each calibrated category keeps round(target * 5 images) of its detections: cat 1.5 per
+    # image, 8; dog 0.5, 3 (rounded half up); bird keeps those above the global threshold.
     available = np.zeros(3, np.int64)
     for chunk in ProgressStore(os.path.join(out, "progress")).iter_chunks(("classes",)):
         available += np.bincount(chunk["classes"], minlength=3)
+    assert available[0] >= 8 and available[1] >= 3 and available[2] > 0
     coco = COCO(os.path.join(out, OUTPUT_JSON))
-    for c, (dataset_id, _) in enumerate(CATEGORIES):
-        kept = len(coco.getAnnIds(catIds=[dataset_id]))
-        assert per_category[c]["choice"]["achieved"] == kept / 5
-        if per_category[c]["calibrated"]:
-            wanted = int(np.floor(per_category[c]["labeled_instances"] / 4 * 5 + 0.5))
-            assert kept == min(wanted, available[c])
+    kept = [len(coco.getAnnIds(catIds=[dataset_id])) for dataset_id, _ in CATEGORIES]
+    assert kept[:2] == [8, 3]
+    assert [c["choice"]["achieved"] for c in per_category] == [k / 5 for k in kept]
+    assert [c["choice"]["target"] for c in per_category] == [1.5, 0.5, None]
+    assert per_category[2]["choice"]["value"] == stats["score_threshold"]["value"]
+    assert per_category[0]["choice"]["value"] != per_category[1]["choice"]["value"]
     assert summary["annotations"] == len(coco.getAnnIds())
     with open(os.path.join(out, OUTPUT_JSON)) as f:
         info = json.load(f)["info"]
     assert set(info["score_threshold_per_category"]) == {"cat", "dog", "bird"}
     assert info["description"].startswith("Hard labels (boxes)")
+    from PIL import Image
+
+    with Image.open(os.path.join(out, CALIBRATION_PNG)) as png:  # the score and category panels
+        assert png.size[0] > 1.5 * png.size[1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -386,6 +398,65 @@ def test_mask_model_resumes_to_identical_files(data, tmp_path):
     assert len(calls) == 3
     for name in (OUTPUT_JSON, STATS_JSON):
         assert _read(os.path.join(out, name)) == _read(os.path.join(reference, name))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shard_worker(rank, world_size, port, state_path, files, names, out):
+    # What torchrun gives every worker (as in test_annotate.py's sharded test).
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    from detectron2.utils import comm
+
+    from dd_detectron.engine.launch import init_distributed_from_env
+
+    init_distributed_from_env("cpu")
+    for name, (json_file, root) in zip(names, files):
+        register_coco_instances(name, {}, json_file, root)
+    cfg = rcnn_cfg(True, *names, "DD.ANNOTATE.SAVE_PERIOD", 3)
+    model = build_model(cfg).eval()
+    model.load_state_dict(torch.load(state_path))
+    annotate(cfg, model, out)
+    comm.synchronize()
+    # As in test_ratio_loader's gloo worker: gloo's teardown can abort a finished worker.
+    os._exit(0)
+
+
+def test_mask_model_sharded_equals_single_process(data, tmp_path):
+    labeled, unlabeled, _ = data
+    cfg = rcnn_cfg(True, labeled, unlabeled)
+    model = tiny_model(cfg)
+    single = str(tmp_path / "single")
+    annotate(cfg, model, single)
+
+    state_path = str(tmp_path / "model.pth")
+    torch.save(model.state_dict(), state_path)
+    files = [
+        (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root)
+        for n in (labeled, unlabeled)
+    ]
+    sharded = str(tmp_path / "sharded")
+    torch.multiprocessing.spawn(
+        _shard_worker,
+        args=(2, _free_port(), state_path, files, [labeled, unlabeled], sharded),
+        nprocs=2,
+    )
+    # 6 images, 3 per process, saved 3 at a time: one chunk per process, at images 0 and 3.
+    chunks = ProgressStore(os.path.join(sharded, "progress")).chunk_names()
+    assert chunks == ["chunk-000000000.npz", "chunk-000000003.npz"]
+    for name in (OUTPUT_JSON, STATS_JSON):
+        assert _read(os.path.join(sharded, name)) == _read(os.path.join(single, name))
 
 
 # ------------------------------------------------------------------------------------------

@@ -429,7 +429,7 @@ def _write_outputs(cfg, settings, plan: _Plan, store, chunk_names, output_dir, t
     )
     stats_path = os.path.join(output_dir, STATS_JSON)
     write_atomic(stats_path, json.dumps(report, indent=1))
-    plot_calibration(labeling, os.path.join(output_dir, CALIBRATION_PNG))
+    plot_calibration(labeling, os.path.join(output_dir, CALIBRATION_PNG), label_space.thing_classes)
     results = {"annotation": _summary(json_path, num_images, num_annotations, labeling, report)}
     if truth:
         quality = label_quality(json_path, truth, cfg.TEST.KEYPOINT_OKS_SIGMAS, heads.iou_types)

@@ -82,6 +82,7 @@ class Labeling:
         dropped_min_keypoints: instances dropped for too few visible keypoints.
         num_keypoints: K, 0 without a keypoint head.
         category_scores: per-category mode: each category's threshold; else None.
+        all_classes: the class id of each of all_scores.
     """
 
     labels: List[ImageLabels]
@@ -93,6 +94,7 @@ class Labeling:
     dropped_min_keypoints: int = 0
     num_keypoints: int = 0
     category_scores: Optional[List[CategoryThreshold]] = None
+    all_classes: Optional[np.ndarray] = None
 
 
 def _choose(
@@ -277,6 +279,7 @@ def make_labels(
         dropped_min_keypoints=dropped,
         num_keypoints=num_keypoints,
         category_scores=category_scores,
+        all_classes=all_classes,
     )
 
 

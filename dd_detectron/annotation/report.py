@@ -154,12 +154,14 @@ def _mean_count_curve(scores: np.ndarray, num_units: int):
     return s, y
 
 
-def plot_calibration(labeling: Labeling, path: str) -> None:
-    """Draw the calibration curves (score; keypoint for keypoint models) to a PNG, atomically.
+def plot_calibration(labeling: Labeling, path: str, class_names: Sequence[str] = ()) -> None:
+    """Draw the calibration curves (score; keypoint for keypoint models; each category's in
+    per-category mode) to a PNG, atomically.
 
     Args:
         labeling: the labels, their thresholds and the scores they were calibrated on.
         path: the PNG file.
+        class_names: the category names by class id (per-category legend).
     """
     panels = [
         (
@@ -180,9 +182,13 @@ def plot_calibration(labeling: Labeling, path: str) -> None:
                 "mean visible keypoints per instance",
             )
         )
-    fig = new_figure((5.5 * len(panels), 4.2))
+    per_category = labeling.category_scores is not None
+    num_axes = len(panels) + per_category
+    fig = new_figure((5.5 * num_axes, 4.2))
+    if per_category:
+        _plot_categories(fig.add_subplot(1, num_axes, num_axes), labeling, class_names)
     for i, (choice, scores, units, xlabel, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(1, num_axes, i + 1)
         x, y = _mean_count_curve(scores, units)
         ax.step(x, y, where="post", color="tab:blue", label="teacher's predictions")
         if choice.target is not None:
@@ -205,3 +211,24 @@ def plot_calibration(labeling: Labeling, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     write_atomic(path, png_bytes(fig, dpi=100))
+
+
+def _plot_categories(ax, labeling: Labeling, class_names: Sequence[str]) -> None:
+    """Each category's kept detections per image against the score threshold, with its
+    threshold (a dot: calibrated on its own; a cross: the global one)."""
+    for c in labeling.category_scores:
+        scores = labeling.all_scores[labeling.all_classes == c.class_id]
+        x, y = _mean_count_curve(scores, len(labeling.labels))
+        name = _name(class_names, c.class_id) or str(c.class_id)
+        (line,) = ax.step(x, y, where="post", label=name)
+        if math.isfinite(c.choice.value):
+            ax.plot(
+                [c.choice.value],
+                [c.choice.achieved],
+                "o" if c.calibrated else "x",
+                color=line.get_color(),
+            )
+    ax.set_xlabel("detection score threshold (per category)")
+    ax.set_ylabel("mean kept instances per image")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
