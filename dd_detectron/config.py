@@ -19,27 +19,33 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD = CN()
 
     # ---------------------------------------------------------------------------------------
-    # Multi-transform keypoint ensembling (views come from TEST.AUG)
+    # Multi-transform ensembling of boxes, masks and keypoints (views come from TEST.AUG)
     # ---------------------------------------------------------------------------------------
     _C.DD.TTA = CN()
     # How per-view keypoint heatmap logits are combined: "mean" (Detectron's HM_AVG) or "max"
     # (HM_MAX).
     _C.DD.TTA.KEYPOINT_REDUCE = "mean"
+    # How per-view masks of a box are combined (as Detectron's TEST.MASK_AUG.HEUR): "mean_prob"
+    # (SOFT_AVG: mean of the probabilities, as detectron2's GeneralizedRCNNWithTTA), "max_prob"
+    # (SOFT_MAX) or "mean_logit" (LOGIT_AVG: mean of the logits, then the sigmoid).
+    _C.DD.TTA.MASK_REDUCE = "mean_prob"
     # Box voting after NMS (Detectron's BBOX_VOTE): each kept box becomes the score-weighted mean
     # of the union boxes that overlap it with IoU >= BOX_VOTING_IOU. True or False.
     _C.DD.TTA.BOX_VOTING = False
     # IoU threshold of box voting, in (0, 1]; Detectron used 0.8 to 0.9.
     _C.DD.TTA.BOX_VOTING_IOU = 0.8
-    # Size-dependent view selection (Detectron's SCALE_SIZE_DEP): for a box smaller than
-    # AREA_TH (pixels^2, in the original image), views that scale the image down more than plain
-    # inference does (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) are dropped; for a larger one, views
-    # that scale it up more are dropped. True or False.
+    # Size-dependent view selection of the mask and keypoint heads (Detectron's SCALE_SIZE_DEP,
+    # one setting for both here): for a box smaller than AREA_TH (pixels^2, in the original
+    # image), views that scale the image down more than plain inference does
+    # (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) are dropped; for a larger one, views that scale it
+    # up more are dropped. True or False.
     _C.DD.TTA.SCALE_SIZE_DEP = False
     # Area threshold of SCALE_SIZE_DEP, a float; Detectron's keypoint TTA config used 150^2 on
     # COCO.
     _C.DD.TTA.AREA_TH = 150.0**2
-    # True: keep each view's backbone features for the keypoint stage (one backbone pass per
-    # view). False: recompute them there (two passes per view, memory bounded by one view).
+    # True: keep each view's backbone features for the mask and keypoint heads (one backbone
+    # pass per view). False: recompute them there (two passes per view, memory bounded by one
+    # view).
     _C.DD.TTA.CACHE_FEATURES = True
     # Views of the same image size (a view and its flip) run through the model as one batch of
     # at most this many. An int >= 0; 0 = automatic: 2 on GPU (a view with its flip), 1 on CPU,

@@ -16,14 +16,19 @@ Tasks:
   median of the per-round ratios. With DATALOADER.NUM_WORKERS > 0, one loader's workers keep
   prefetching while the other is timed: use 0 to compare the loaders' own cost.
 
-- ``tta``: images/s and peak memory of the keypoint ensembler (one backbone pass per view)
-  against (b) the same views run the way detectron2's GeneralizedRCNNWithTTA runs a second head
-  (two backbone passes per view, heatmaps decoded per view) and (c) N plain single-view
-  inferences, on random images of --image-size; alternating rounds as above. Random weights
-  (empty MODEL.WEIGHTS) are fine with a fixed number of detections per image:
+- ``tta``: images/s and peak memory of the ensembler (one backbone pass per view for all heads)
+  against (b) detectron2's own GeneralizedRCNNWithTTA on box and mask models (two backbone
+  passes per view), or for keypoint models, which it refuses, the same views run its way
+  (heatmaps decoded per view), and (c) N plain single-view inferences, on random images of
+  --image-size; alternating rounds as above. Random weights (empty MODEL.WEIGHTS) are fine with
+  a fixed number of detections per image; ``zoo:`` names a config of detectron2's model zoo:
 
       python tools/benchmark.py --task tta --config-file configs/Base-DD-Keypoint-RCNN-FPN.yaml \\
           --rounds 2 --num-iters 1 --warmup 0 MODEL.DEVICE cpu MODEL.RESNETS.DEPTH 50 \\
+          MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 TEST.DETECTIONS_PER_IMAGE 20
+      python tools/benchmark.py --task tta \\
+          --config-file zoo:COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml \\
+          --rounds 1 --num-iters 1 --warmup 0 MODEL.DEVICE cpu MODEL.WEIGHTS "" \\
           MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 TEST.DETECTIONS_PER_IMAGE 20
 
 - ``annotate``: images/s of the whole annotation stage (tools/annotate_net.py's work: reading,
@@ -45,6 +50,7 @@ import time
 
 import numpy as np
 import torch
+from detectron2 import model_zoo
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.data.detection_utils import read_image
@@ -58,22 +64,22 @@ from dd_detectron.annotation.inputs import images_to_label
 from dd_detectron.config import num_views
 from dd_detectron.data import build_ratio_train_loader, register_path_datasets
 from dd_detectron.engine import SourceCountingLoader
-from dd_detectron.modeling import KeypointRCNNWithTTA
-from dd_detectron.modeling.tta_baselines import (
-    BackbonePasses,
-    SingleViewInference,
-    TwoPassKeypointTTA,
-)
+from dd_detectron.modeling.tta_baselines import tta_approaches
 from dd_detectron.utils.benchmark import PeakMemory, build_benchmark_model
 
 logger = logging.getLogger("dd_detectron.benchmark")
+
+# --config-file zoo:<path> names a config of detectron2's model zoo, shipped in its package.
+ZOO_PREFIX = "zoo:"
 
 
 def setup(args):
     """Build the frozen config from --config-file and trailing KEY VALUE pairs."""
     cfg = get_cfg()
     add_dd_config(cfg)
-    if args.config_file:
+    if args.config_file.startswith(ZOO_PREFIX):
+        cfg.merge_from_file(model_zoo.get_config_file(args.config_file[len(ZOO_PREFIX) :]))
+    elif args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
@@ -182,12 +188,13 @@ def benchmark_train_loader(cfg, args) -> dict:
 
 
 def benchmark_tta(cfg, args) -> dict:
-    """Images/s and peak memory of the keypoint ensembler against the two-pass way and N
-    single-view inferences, on the config's TEST.AUG views.
+    """Images/s and peak memory of the ensembler against the two-pass way (detectron2's own
+    GeneralizedRCNNWithTTA for box and mask models) and N single-view inferences, on the
+    config's TEST.AUG views.
 
     Args:
-        cfg: a Keypoint R-CNN config; TEST.AUG holds the views. With empty MODEL.WEIGHTS the
-            weights are random: hold the detections per image fixed with
+        cfg: an R-CNN config (boxes, masks, keypoints); TEST.AUG holds the views. With empty
+            MODEL.WEIGHTS the weights are random: hold the detections per image fixed with
             MODEL.ROI_HEADS.SCORE_THRESH_TEST 0 and TEST.DETECTIONS_PER_IMAGE N.
         args: --rounds, --num-iters (images per approach per round), --warmup (images),
             --image-size (random images of that size).
@@ -204,16 +211,9 @@ def benchmark_tta(cfg, args) -> dict:
         for _ in range(max(args.num_iters, 1))
     ]
     model = build_benchmark_model(cfg, images[0])
-    ensembler = KeypointRCNNWithTTA(cfg, model)
-    approaches = {
-        "ensembler (dd_detectron)": ensembler,
-        "two backbone passes per view (detectron2 TTA style)": TwoPassKeypointTTA(
-            cfg, model, batch_size=3
-        ),
-        "N single-view inferences": SingleViewInference(ensembler),
-        "backbone passes alone (part of the ensembler)": BackbonePasses(ensembler),
-    }
+    approaches = tta_approaches(cfg, model)
     names = list(approaches)
+    ensembler = approaches[names[0]]
     inputs = [[{"image": im, "height": height, "width": width}] for im in images]
     detections = {name: [] for name in names}
     memory = {name: PeakMemory(cfg.MODEL.DEVICE) for name in names}
@@ -239,6 +239,8 @@ def benchmark_tta(cfg, args) -> dict:
     result = {
         "task": "tta",
         "device": cfg.MODEL.DEVICE,
+        "mask_on": cfg.MODEL.MASK_ON,
+        "keypoint_on": cfg.MODEL.KEYPOINT_ON,
         "ensembler_view_batch_size": ensembler.batch_size,
         "torch_threads": torch.get_num_threads(),
         "weights": cfg.MODEL.WEIGHTS or "random",
@@ -394,7 +396,12 @@ def argument_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="what to benchmark")
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
+    parser.add_argument(
+        "--config-file",
+        default="",
+        metavar="FILE",
+        help=f"path to config file, or {ZOO_PREFIX}<path> of detectron2's model zoo",
+    )
     parser.add_argument("--output", default="", help="write the results to this JSON file")
     parser.add_argument("--rounds", type=int, default=10, help="alternating measurement rounds")
     parser.add_argument(

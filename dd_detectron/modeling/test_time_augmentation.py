@@ -1,39 +1,57 @@
 """
-Multi-transform inference for Keypoint R-CNN: the ensembler of Data Distillation.
+Multi-transform inference for R-CNN models: the ensembler of Data Distillation, for box-only
+(Faster R-CNN), mask, keypoint and mask + keypoint models.
 
 The views come from ``TEST.AUG`` (shorter side ``MIN_SIZES``, ``MAX_SIZE``, ``FLIP``). Boxes are
 the union of every view's detections mapped back to the image, reduced by per-class NMS and
-optional box voting. Keypoints are predicted for the merged boxes only: the keypoint head's raw
-heatmap logits in every view (on the same box mapped into that view), un-flipped, combined by
-mean or max, then decoded once by detectron2's own decoding, in image coordinates.
+optional box voting. Masks and keypoints are predicted for the merged boxes only: each head's raw
+logits in every view (on the same box mapped into that view, from the view's one backbone pass),
+un-flipped, combined across views, then turned into the image's labels once: keypoints by
+detectron2's own decoding, masks by ``mask_rcnn_inference`` and ``paste_masks_in_image``.
 
 Flip convention, shared with detectron2's ``HFlipTransform``: in continuous coordinates (pixel
 ``i`` covers ``[i, i + 1)``) a flip of width ``W`` maps ``x -> W - x``, so a box ``[x0, x1]``
 becomes ``[W - x1, W - x0]``. RoIAlign with ``aligned=True`` (detectron2's "ROIAlignV2", the
-default keypoint pooler) samples bin ``j`` of ``P`` at ``x0 + (j + 1/2) * w / P``; for the flipped
-box that is ``W - (x0 + (P - 1 - j + 1/2) * w / P)``: the mirror of bin ``P - 1 - j``. The
-flipped view's heatmap column ``c`` therefore lies over the image point of column
-``S - 1 - c``: reversing the width is exact, with no half-pixel shift. (The legacy
-``aligned=False`` pooler shifts the grid by half a feature pixel and breaks this symmetry.)
+default mask and keypoint pooler) samples bin ``j`` of ``P`` at ``x0 + (j + 1/2) * w / P``; for
+the flipped box that is ``W - (x0 + (P - 1 - j + 1/2) * w / P)``: the mirror of bin
+``P - 1 - j``. The flipped view's output column ``c`` (heatmap or mask) therefore lies over the
+image point of column ``S - 1 - c``: reversing the width is exact, with no half-pixel shift.
+Keypoint channels are also swapped left <-> right; mask channels are classes and stay. (The
+legacy ``aligned=False`` pooler shifts the grid by half a feature pixel and breaks this symmetry.)
 """
 
 import logging
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, List
 
 import torch
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.layers import paste_masks_in_image
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances, heatmaps_to_keypoints, pairwise_iou
 from fvcore.transforms import HFlipTransform
 
+from .tta_reduce import (
+    HeatmapReducer,
+    MaskReducer,
+    ViewReducer,
+    unflip_keypoint_logits,
+    unflip_mask_logits,
+)
+
+# The reducers are re-exported: they were defined here before tta_reduce.py.
 __all__ = [
+    "RCNNWithTTA",
     "KeypointRCNNWithTTA",
+    "ViewReducer",
     "HeatmapReducer",
+    "MaskReducer",
     "unflip_keypoint_logits",
+    "unflip_mask_logits",
     "box_voting",
     "keypoint_flip_indices_from_cfg",
     "bounded_heatmaps_to_keypoints",
@@ -41,84 +59,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Ways to combine per-view heatmap logits (DD.TTA.KEYPOINT_REDUCE).
-KEYPOINT_REDUCE_MODES = ("mean", "max")
-
-
-def unflip_keypoint_logits(logits: torch.Tensor, flip_indices: Sequence[int]) -> torch.Tensor:
-    """Bring heatmap logits predicted in a horizontally flipped view back to the image.
-
-    Args:
-        logits: (R, K, S, S) heatmap logits of R boxes in the flipped view.
-        flip_indices: K indices; ``flip_indices[k]`` is the keypoint that ``k`` becomes under a
-            flip (detectron2's ``create_keypoint_hflip_indices``), e.g. left_eye <-> right_eye.
-
-    Returns:
-        (R, K, S, S): width reversed (exact, see the module docstring), and channel ``k`` taken
-        from the flipped view's channel ``flip_indices[k]``: what the flipped view calls the
-        right eye is the image's left eye.
-    """
-    index = torch.as_tensor(flip_indices, dtype=torch.long, device=logits.device)
-    return logits.flip(dims=[3]).index_select(1, index)
-
-
-class HeatmapReducer:
-    """Combines per-view heatmap logits of the same boxes, one view at a time.
-
-    Only the running result is kept (not every view's heatmaps), so memory does not grow with
-    the number of views. A view may cover a subset of the boxes (size-dependent selection).
-    """
-
-    def __init__(self, num_boxes: int, mode: str = "mean"):
-        """
-        Args:
-            num_boxes: R, the number of merged boxes.
-            mode: "mean" (Detectron's HM_AVG: average of the raw logits) or "max" (HM_MAX).
-        """
-        if mode not in KEYPOINT_REDUCE_MODES:
-            raise ValueError(
-                f"DD.TTA.KEYPOINT_REDUCE must be one of {KEYPOINT_REDUCE_MODES}, got {mode!r}"
-            )
-        self.mode = mode
-        self.num_boxes = num_boxes
-        self._acc: Optional[torch.Tensor] = None
-        self._count: Optional[torch.Tensor] = None
-
-    def add(self, logits: torch.Tensor, box_mask: Optional[torch.Tensor] = None) -> None:
-        """Add one view.
-
-        Args:
-            logits: (M, K, S, S) logits in the image's orientation, for the boxes selected by
-                ``box_mask`` (M = its number of True entries), or for all R boxes.
-            box_mask: (R,) bool, or None for all boxes.
-        """
-        if self._acc is None:
-            shape = (self.num_boxes,) + tuple(logits.shape[1:])
-            # Max starts from -inf so that a box's first view is taken as it is.
-            fill = 0.0 if self.mode == "mean" else float("-inf")
-            self._acc = logits.new_full(shape, fill)
-            self._count = torch.zeros(self.num_boxes, dtype=logits.dtype, device=logits.device)
-        if box_mask is None:
-            box_mask = torch.ones(self.num_boxes, dtype=torch.bool, device=logits.device)
-        if self.mode == "mean":
-            self._acc[box_mask] += logits
-        else:
-            self._acc[box_mask] = torch.maximum(self._acc[box_mask], logits)
-        self._count[box_mask] += 1
-
-    def result(self) -> torch.Tensor:
-        """
-        Returns:
-            (R, K, S, S): the combined logits.
-
-        Raises:
-            ValueError: a box was covered by no view.
-        """
-        if self._acc is None or bool((self._count == 0).any()):
-            raise ValueError("HeatmapReducer: a box got no view; every box needs at least one.")
-        if self.mode == "mean":
-            return self._acc / self._count[:, None, None, None]
-        return self._acc
+# Soft masks become hard masks at this probability, as plain inference (detector_postprocess).
+MASK_THRESHOLD = 0.5
 
 
 def box_voting(
@@ -250,63 +192,75 @@ def _is_flipped(tfm) -> bool:
     return sum(isinstance(t, HFlipTransform) for t in tfm.transforms) % 2 == 1
 
 
-class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
-    """GeneralizedRCNNWithTTA for Keypoint R-CNN: multi-transform inference, one backbone pass
-    per view.
+@dataclass
+class _HeadPass:
+    """What one pooled head (masks or keypoints) needs for the merged boxes in every view."""
 
-    Why this class owns the keypoint case: detectron2's ``GeneralizedRCNNWithTTA`` refuses
-    models with ``MODEL.KEYPOINT_ON`` ("TTA for keypoint is not supported yet"), and for a second
-    head (masks) it runs the whole model on every view twice: once for boxes, once more, backbone
-    included, on the merged boxes. Keypoints also cannot reuse its mask reduction: a flipped
-    heatmap must swap its left/right channels, and the result is decoded to points, not pasted.
+    pooler: torch.nn.Module
+    in_features: List[str]
+    layers: Callable[[torch.Tensor], torch.Tensor]  # pooled features -> logits
+    unflip: Callable[[torch.Tensor], torch.Tensor]  # flipped view's logits -> the image's
+    reducer: object  # HeatmapReducer or MaskReducer: add(logits, box_mask), result()
+
+
+class RCNNWithTTA(GeneralizedRCNNWithTTA):
+    """GeneralizedRCNNWithTTA for every R-CNN head (boxes, masks, keypoints, masks + keypoints):
+    multi-transform inference, one backbone pass per view for all heads.
+
+    Why this class owns these cases: detectron2's ``GeneralizedRCNNWithTTA`` refuses models with
+    ``MODEL.KEYPOINT_ON`` ("TTA for keypoint is not supported yet"), and for masks it runs the
+    whole model on every view twice: once for boxes, once more, backbone included, on the merged
+    boxes. Keypoints also cannot reuse its mask reduction: a flipped heatmap must swap its
+    left/right channels, and the result is decoded to points, not pasted.
 
     What it does, per image:
 
     1. views from ``tta_mapper`` (default ``DatasetMapperTTA``: ``TEST.AUG``); views of one
        image size (a view and its flip) run as one batch (``DD.TTA.VIEW_BATCH_SIZE``; by default
        on GPU only);
-    2. per batch: one backbone pass, RPN and box head; the features the keypoint head reads are
-       kept (``DD.TTA.CACHE_FEATURES``) or dropped and recomputed in step 4 (memory bounded
-       by one batch of views, for very large images);
+    2. per batch: one backbone pass, RPN and box head; the features the mask and keypoint heads
+       read are kept (``DD.TTA.CACHE_FEATURES``) or dropped and recomputed in step 4 (memory
+       bounded by one batch of views, for very large images);
     3. boxes: the union of all views' boxes mapped back to the image, per-class NMS
        (``MODEL.ROI_HEADS.NMS_THRESH_TEST``, ``TEST.DETECTIONS_PER_IMAGE``), optional box voting
        (``DD.TTA.BOX_VOTING``, ``BOX_VOTING_IOU``);
-    4. keypoints: for the merged boxes, the keypoint head's heatmap logits in every view on the
-       box mapped into that view; flipped views un-flipped with the keypoint flip map; combined
-       (``DD.TTA.KEYPOINT_REDUCE``, optionally size-dependent: ``DD.TTA.SCALE_SIZE_DEP``,
-       ``AREA_TH``) one view at a time, each view's features freed when it is done;
-    5. decoding as detectron2's ``keypoint_rcnn_inference`` on the merged boxes, in image
-       coordinates: ``pred_keypoints`` (x, y, score) as plain inference reports them; boxes
-       larger than ``DD.TTA.KEYPOINT_DECODE_MAX_SIZE`` are decoded in a bounded frame
-       (``bounded_heatmaps_to_keypoints``), so a huge photo does not need GBs per box.
+    4. masks and keypoints (those of ``MODEL.MASK_ON``, ``MODEL.KEYPOINT_ON``): for the merged
+       boxes, each head's logits in every view on the box mapped into that view; flipped views
+       un-flipped (keypoints also with the keypoint flip map); combined one view at a time
+       (``DD.TTA.MASK_REDUCE``, ``DD.TTA.KEYPOINT_REDUCE``; optionally size-dependent:
+       ``DD.TTA.SCALE_SIZE_DEP``, ``AREA_TH``), each view's features freed when it is done;
+    5. masks: the combined soft masks pasted at the image's resolution and thresholded at 0.5,
+       as plain inference's ``detector_postprocess``; keypoints: decoded as detectron2's
+       ``keypoint_rcnn_inference`` on the merged boxes, in image coordinates, boxes larger than
+       ``DD.TTA.KEYPOINT_DECODE_MAX_SIZE`` in a bounded frame (``bounded_heatmaps_to_keypoints``),
+       so a huge photo does not need GBs per box.
+
+    With the same views, no box voting, "mean_prob" and one view per batch, boxes, scores,
+    classes and masks are those of detectron2's ``GeneralizedRCNNWithTTA`` (batch size 1).
 
     Views made elsewhere (in the DataLoader's workers, ``annotation/inputs.py``) are used as
     they come: an input with "views" and "transforms" (lists, as ``tta_mapper`` makes them)
     needs no "image", and ``tta_mapper`` is not called for it.
 
-    Output: ``{"instances": Instances}`` with pred_boxes, scores, pred_classes, pred_keypoints,
-    pred_keypoint_heatmaps (the combined logits), in the input's ``height`` x ``width``.
+    Output: ``{"instances": Instances}`` with pred_boxes, scores, pred_classes; pred_masks
+    (R, H, W) bool with MODEL.MASK_ON; pred_keypoints and pred_keypoint_heatmaps (the combined
+    logits) with MODEL.KEYPOINT_ON; in the input's ``height`` x ``width``.
     """
 
     def __init__(self, cfg, model, tta_mapper=None, batch_size=None, *, keypoint_flip_indices=None):
         """
         Args:
-            cfg: a config with dd-detectron's keys (TEST.AUG.*, DD.TTA.*).
-            model: a GeneralizedRCNN with a keypoint head (pooled, e.g.
+            cfg: a config with dd-detectron's keys (TEST.AUG.*, DD.TTA.*); MODEL.MASK_ON and
+                MODEL.KEYPOINT_ON say which heads to run besides the box head.
+            model: a GeneralizedRCNN with those heads, pooled (e.g. MaskRCNNConvUpsampleHead,
                 KRCNNConvDeconvUpsampleHead).
             tta_mapper: takes a dataset dict with "image" and returns the views, each with
                 "transforms"; default ``DatasetMapperTTA(cfg)``.
             batch_size: at most this many views of the same image size run as one batch;
                 None: DD.TTA.VIEW_BATCH_SIZE (0 there: 2 on GPU, 1 on CPU).
             keypoint_flip_indices: K flip indices; default from the metadata of DATASETS.TRAIN
-                (or TEST), needed only when a view is flipped.
+                (or TEST), needed only for keypoints when a view is flipped.
         """
-        if not cfg.MODEL.KEYPOINT_ON:
-            raise ValueError(
-                "KeypointRCNNWithTTA needs a keypoint model: MODEL.KEYPOINT_ON is False."
-            )
-        if cfg.MODEL.MASK_ON:
-            raise ValueError("KeypointRCNNWithTTA does not combine masks: set MODEL.MASK_ON False.")
         if tta_mapper is None and len(cfg.TEST.AUG.MIN_SIZES) == 0:
             raise ValueError("TEST.AUG.MIN_SIZES is empty: test-time augmentation has no views.")
         # Divergence: the base class asserts MODEL.KEYPOINT_ON is False; it is given a copy of the
@@ -327,22 +281,22 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
             batch_size = 2 if on_gpu else 1
         super().__init__(base_cfg, model, tta_mapper=tta_mapper, batch_size=batch_size)
         self.cfg = cfg.clone()
+        self.mask_on = bool(cfg.MODEL.MASK_ON)
+        self.keypoint_on = bool(cfg.MODEL.KEYPOINT_ON)
+        for head, key, pooler_key in (
+            ("mask", "MODEL.MASK_ON", "MODEL.ROI_MASK_HEAD.POOLER_TYPE"),
+            ("keypoint", "MODEL.KEYPOINT_ON", "MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE"),
+        ):
+            if getattr(self, f"{head}_on"):
+                self._check_head(head, key, pooler_key)
 
-        roi_heads = self.model.roi_heads
-        if not getattr(roi_heads, "keypoint_on", False):
-            raise ValueError(
-                f"KeypointRCNNWithTTA: the model's ROI heads ({type(roi_heads).__name__}) have no "
-                "keypoint head (MODEL.KEYPOINT_ON / MODEL.ROI_HEADS.NAME)."
-            )
-        if getattr(roi_heads, "keypoint_pooler", None) is None:
-            raise ValueError(
-                "KeypointRCNNWithTTA needs a pooled keypoint head: "
-                "MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE must not be empty."
-            )
         tta = cfg.DD.TTA
-        HeatmapReducer(0, tta.KEYPOINT_REDUCE)  # checks the mode now, not at the first image
+        # The reducers check their modes now, not at the first image.
+        MaskReducer(torch.zeros(0, dtype=torch.long), tta.MASK_REDUCE)
+        HeatmapReducer(0, tta.KEYPOINT_REDUCE)
         if not 0.0 < tta.BOX_VOTING_IOU <= 1.0:
             raise ValueError(f"DD.TTA.BOX_VOTING_IOU must be in (0, 1], got {tta.BOX_VOTING_IOU}")
+        self.mask_reduce = tta.MASK_REDUCE
         self.keypoint_reduce = tta.KEYPOINT_REDUCE
         self.box_voting = bool(tta.BOX_VOTING)
         self.box_voting_iou = float(tta.BOX_VOTING_IOU)
@@ -355,7 +309,7 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
                 f"{tta.KEYPOINT_DECODE_MAX_SIZE}"
             )
         self.keypoint_decode_max_size = int(tta.KEYPOINT_DECODE_MAX_SIZE)
-        if keypoint_flip_indices is None and cfg.TEST.AUG.FLIP:
+        if self.keypoint_on and keypoint_flip_indices is None and cfg.TEST.AUG.FLIP:
             keypoint_flip_indices = keypoint_flip_indices_from_cfg(cfg)
         num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
         if keypoint_flip_indices is not None and len(keypoint_flip_indices) != num_keypoints:
@@ -366,6 +320,21 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         self.keypoint_flip_indices = (
             None if keypoint_flip_indices is None else list(keypoint_flip_indices)
         )
+
+    def _check_head(self, head: str, key: str, pooler_key: str) -> None:
+        """The model has the pooled head that the config's ``key`` asks for."""
+        roi_heads = self.model.roi_heads
+        if not getattr(roi_heads, f"{head}_on", False):
+            raise ValueError(
+                f"{type(self).__name__}: {key} is True, but the model's ROI heads "
+                f"({type(roi_heads).__name__}) have no {head} head ({key} / "
+                "MODEL.ROI_HEADS.NAME)."
+            )
+        if getattr(roi_heads, f"{head}_pooler", None) is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a pooled {head} head: {pooler_key} must not be "
+                "empty."
+            )
 
     # ------------------------------------------------------------------------------------------
     # Divergence: the base class's _inference_one_image runs the model twice per view when a
@@ -387,13 +356,14 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
             raise ValueError("Test-time augmentation produced no views: check TEST.AUG.MIN_SIZES.")
         batches = self._view_batches(augmented_inputs)
 
+        head_features = self._head_in_features()
         cached: Dict[int, Dict[str, torch.Tensor]] = {}
         all_boxes, all_scores, all_classes = [], [], []
         for b, view_ids in enumerate(batches):
             instances, features = self._detect_boxes([augmented_inputs[i] for i in view_ids])
-            if self.cache_features:
-                cached[b] = {f: features[f] for f in self.model.roi_heads.keypoint_in_features}
-            del features  # p6 and the other levels the keypoint head does not read
+            if self.cache_features and head_features:
+                cached[b] = {f: features[f] for f in head_features}
+            del features  # p6 and the other levels the mask and keypoint heads do not read
             for i, inst in zip(view_ids, instances):
                 boxes = inst.pred_boxes.tensor
                 # Like the base class: map each view's boxes back to the image.
@@ -409,14 +379,13 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         del all_boxes, all_scores, all_classes
         # Same clipping and empty-box removal as plain inference's postprocessing (scale 1 here).
         merged = detector_postprocess(merged, *orig_shape)
-
-        if len(merged) == 0:
-            self._set_empty_keypoints(merged)
-        else:
-            logits = self._reduce_keypoint_logits(
-                augmented_inputs, tfms, batches, cached, merged, orig_shape
-            )
-            _decode_keypoints(logits, merged, self.keypoint_decode_max_size)
+        if head_features:
+            heads = self._head_passes(merged)
+            if len(merged) == 0:
+                self._add_empty_views(heads)
+            else:
+                self._add_views(heads, augmented_inputs, tfms, batches, cached, merged, orig_shape)
+            self._finish_heads(heads, merged, orig_shape)
         return {"instances": merged}
 
     def __call__(self, batched_inputs):
@@ -542,7 +511,7 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         return merged
 
     def _view_box_masks(self, augmented_inputs, merged: Instances, orig_shape) -> torch.Tensor:
-        """Which views predict keypoints for which boxes.
+        """Which views predict masks and keypoints for which boxes.
 
         With DD.TTA.SCALE_SIZE_DEP, as Detectron's combine_heatmaps_size_dep: a view is
         down-scaling (up-scaling) when it resizes the image less (more) than plain inference
@@ -577,19 +546,57 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
         masks[:, ~masks.any(dim=0)] = True
         return masks
 
-    def _reduce_keypoint_logits(self, augmented_inputs, tfms, batches, cached, merged, orig_shape):
-        """The merged boxes' heatmap logits in every view, combined; see the class docstring.
-
-        Returns:
-            (R, K, S, S) combined logits in the image's orientation.
-        """
+    def _head_in_features(self) -> List[str]:
+        """The feature levels the mask and keypoint heads read (none for a box-only model)."""
         roi_heads = self.model.roi_heads
+        names = []
+        for head in ("mask", "keypoint"):
+            if getattr(self, f"{head}_on"):
+                names += [f for f in getattr(roi_heads, f"{head}_in_features") if f not in names]
+        return names
+
+    def _head_passes(self, merged: Instances) -> List[_HeadPass]:
+        """The mask and keypoint heads to run on the merged boxes, each with its reducer."""
+        roi_heads = self.model.roi_heads
+        heads = []
+        if self.mask_on:
+            heads.append(
+                _HeadPass(
+                    roi_heads.mask_pooler,
+                    roi_heads.mask_in_features,
+                    roi_heads.mask_head.layers,
+                    unflip_mask_logits,
+                    MaskReducer(merged.pred_classes, self.mask_reduce),
+                )
+            )
+        if self.keypoint_on:
+            heads.append(
+                _HeadPass(
+                    roi_heads.keypoint_pooler,
+                    roi_heads.keypoint_in_features,
+                    roi_heads.keypoint_head.layers,
+                    self._unflip_keypoints,
+                    HeatmapReducer(len(merged), self.keypoint_reduce),
+                )
+            )
+        return heads
+
+    def _unflip_keypoints(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.keypoint_flip_indices is None:
+            raise ValueError(
+                "A flipped view needs keypoint flip indices: set TEST.AUG.FLIP True "
+                "(flip map from the metadata) or pass keypoint_flip_indices."
+            )
+        return unflip_keypoint_logits(logits, self.keypoint_flip_indices)
+
+    def _add_views(self, heads, augmented_inputs, tfms, batches, cached, merged, orig_shape):
+        """Every head's logits for the merged boxes in every view, added to its reducer; see
+        the class docstring."""
         boxes_np = merged.pred_boxes.tensor.cpu().numpy()
         device = merged.pred_boxes.tensor.device
-        masks = self._view_box_masks(augmented_inputs, merged, orig_shape)
-        reducer = HeatmapReducer(len(merged), self.keypoint_reduce)
+        box_masks = self._view_box_masks(augmented_inputs, merged, orig_shape)
         for b, view_ids in enumerate(batches):
-            if not bool(masks[view_ids].any()):
+            if not bool(box_masks[view_ids].any()):
                 cached.pop(b, None)
                 continue
             if self.cache_features:
@@ -600,32 +607,53 @@ class KeypointRCNNWithTTA(GeneralizedRCNNWithTTA):
             for i in view_ids:
                 # The same box, mapped into the view (resized, and mirrored when flipped).
                 view_boxes = torch.as_tensor(tfms[i].apply_box(boxes_np), device=device)
-                box_lists.append(Boxes(view_boxes[masks[i]]))
-            pooled = roi_heads.keypoint_pooler(
-                [features[f] for f in roi_heads.keypoint_in_features], box_lists
-            )
+                box_lists.append(Boxes(view_boxes[box_masks[i]]))
+            pooled = [h.pooler([features[f] for f in h.in_features], box_lists) for h in heads]
             del features  # this view is done: free its features before the next one
-            logits = roi_heads.keypoint_head.layers(pooled)
-            del pooled
-            for i, view_logits in zip(view_ids, logits.split([len(x) for x in box_lists])):
-                if _is_flipped(tfms[i]):
-                    if self.keypoint_flip_indices is None:
-                        raise ValueError(
-                            "A flipped view needs keypoint flip indices: set TEST.AUG.FLIP True "
-                            "(flip map from the metadata) or pass keypoint_flip_indices."
-                        )
-                    view_logits = unflip_keypoint_logits(view_logits, self.keypoint_flip_indices)
-                reducer.add(view_logits, masks[i])
-            del logits
-        return reducer.result()
+            for head in heads:
+                logits = head.layers(pooled.pop(0))
+                for i, view_logits in zip(view_ids, logits.split([len(x) for x in box_lists])):
+                    if _is_flipped(tfms[i]):
+                        view_logits = head.unflip(view_logits)
+                    head.reducer.add(view_logits, box_masks[i])
+                del logits
 
-    def _set_empty_keypoints(self, merged: Instances) -> None:
-        # No box: the fields plain inference gives, with 0 rows and the head's heatmap size.
-        roi_heads = self.model.roi_heads
-        in_feature = roi_heads.keypoint_in_features[0]
-        channels = self.model.backbone.output_shape()[in_feature].channels
-        resolution = roi_heads.keypoint_pooler.output_size
-        device = merged.pred_boxes.tensor.device
-        empty = torch.zeros((0, channels) + tuple(resolution), device=device)
-        logits = roi_heads.keypoint_head.layers(empty)
-        _decode_keypoints(logits, merged, self.keypoint_decode_max_size)
+    def _add_empty_views(self, heads) -> None:
+        # No box: each head's output with 0 rows, as plain inference gives it.
+        backbone_shape = self.model.backbone.output_shape()
+        for head in heads:
+            channels = backbone_shape[head.in_features[0]].channels
+            device = next(iter(self.model.parameters())).device
+            empty = torch.zeros((0, channels) + tuple(head.pooler.output_size), device=device)
+            head.reducer.add(head.layers(empty))
+
+    def _finish_heads(self, heads, merged: Instances, orig_shape) -> None:
+        """Set the combined outputs on ``merged``: hard masks at the image's resolution,
+        decoded keypoints."""
+        for head in heads:
+            combined = head.reducer.result()
+            if isinstance(head.reducer, MaskReducer):
+                merged.pred_masks = paste_masks_in_image(
+                    combined[:, 0], merged.pred_boxes, orig_shape, threshold=MASK_THRESHOLD
+                )
+            else:
+                _decode_keypoints(combined, merged, self.keypoint_decode_max_size)
+
+
+class KeypointRCNNWithTTA(RCNNWithTTA):
+    """``RCNNWithTTA`` for a model that must predict keypoints (the annotation stage's labels):
+    refuses a config without MODEL.KEYPOINT_ON instead of running boxes only."""
+
+    def __init__(self, cfg, model, tta_mapper=None, batch_size=None, *, keypoint_flip_indices=None):
+        """Same arguments as ``RCNNWithTTA``; MODEL.KEYPOINT_ON must be True."""
+        if not cfg.MODEL.KEYPOINT_ON:
+            raise ValueError(
+                "KeypointRCNNWithTTA needs a keypoint model: MODEL.KEYPOINT_ON is False."
+            )
+        super().__init__(
+            cfg,
+            model,
+            tta_mapper,
+            batch_size,
+            keypoint_flip_indices=keypoint_flip_indices,
+        )

@@ -1,11 +1,13 @@
-"""What the keypoint ensembler is measured against (tools/benchmark.py --task tta): the same views
-run the detectron2 way, one plain inference per view, and the ensembler's backbone passes alone.
+"""What the ensembler is measured against (tools/benchmark.py --task tta): the same views run the
+detectron2 way (its own GeneralizedRCNNWithTTA for box and mask models, the same two-pass way
+for keypoints, which it refuses), one plain inference per view, and the ensembler's backbone
+passes alone.
 
 Each is called like the ensembler, on a list of input dicts, and returns one dict per input with
 its "instances".
 """
 
-from typing import List
+from typing import Callable, Dict, List
 
 import torch
 from detectron2.modeling import GeneralizedRCNNWithTTA
@@ -13,9 +15,9 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads.keypoint_head import keypoint_rcnn_inference
 from fvcore.transforms import HFlipTransform
 
-from .test_time_augmentation import KeypointRCNNWithTTA, unflip_keypoint_logits
+from .test_time_augmentation import KeypointRCNNWithTTA, RCNNWithTTA, unflip_keypoint_logits
 
-__all__ = ["TwoPassKeypointTTA", "SingleViewInference", "BackbonePasses"]
+__all__ = ["TwoPassKeypointTTA", "SingleViewInference", "BackbonePasses", "tta_approaches"]
 
 
 class TwoPassKeypointTTA(KeypointRCNNWithTTA):
@@ -52,7 +54,7 @@ class SingleViewInference:
     """N plain inferences: the model on each of the ensembler's views, one at a time. Returns,
     per input, the output of its last view (for a count of detections)."""
 
-    def __init__(self, ensembler: KeypointRCNNWithTTA):
+    def __init__(self, ensembler: RCNNWithTTA):
         self.ensembler = ensembler
 
     def __call__(self, inputs: List[dict]) -> List[dict]:
@@ -68,7 +70,7 @@ class BackbonePasses:
     """The ensembler's backbone passes alone (every view, in its view batches): the share of its
     time that a second backbone pass per view adds to the two-pass way. Returns no instances."""
 
-    def __init__(self, ensembler: KeypointRCNNWithTTA):
+    def __init__(self, ensembler: RCNNWithTTA):
         self.ensembler = ensembler
 
     def __call__(self, inputs: List[dict]) -> List[dict]:
@@ -77,3 +79,30 @@ class BackbonePasses:
             for batch in self.ensembler._view_batches(views):
                 self.ensembler._backbone([views[i] for i in batch])
         return [{"instances": []} for _ in inputs]
+
+
+def tta_approaches(cfg, model) -> Dict[str, Callable[[List[dict]], List[dict]]]:
+    """The approaches that tools/benchmark.py --task tta times, in its table's order.
+
+    Args:
+        cfg: the model's config; TEST.AUG holds the views.
+        model: a GeneralizedRCNN in eval mode.
+
+    Returns:
+        name -> approach: the ensembler (``RCNNWithTTA``); the detectron2 way (its own
+        ``GeneralizedRCNNWithTTA`` with its default batch of 3 views, or for keypoint models
+        ``TwoPassKeypointTTA``); N single-view inferences; the ensembler's backbone passes.
+    """
+    ensembler = RCNNWithTTA(cfg, model)
+    if cfg.MODEL.KEYPOINT_ON:
+        name = "two backbone passes per view (detectron2 TTA style)"
+        baseline = TwoPassKeypointTTA(cfg, model, batch_size=3)
+    else:
+        name = "detectron2 GeneralizedRCNNWithTTA (two backbone passes per view)"
+        baseline = GeneralizedRCNNWithTTA(cfg, model)
+    return {
+        "ensembler (dd_detectron)": ensembler,
+        name: baseline,
+        "N single-view inferences": SingleViewInference(ensembler),
+        "backbone passes alone (part of the ensembler)": BackbonePasses(ensembler),
+    }

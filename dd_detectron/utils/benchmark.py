@@ -68,33 +68,36 @@ class PeakMemory:
         self.peak_mib = max(self.peak_mib, (peak - self._base) / 2**20)
 
 
-def _keypoint_logits(model, image: torch.Tensor) -> None:
-    """Boxes and keypoint heatmap logits of one image, without decoding them (random logits
-    may not decode yet)."""
+def _head_logits(model, image: torch.Tensor) -> None:
+    """Boxes of one image, and the mask and keypoint heads' logits on them, without turning
+    them into masks or keypoints (random keypoint logits may not decode yet)."""
     roi_heads = model.roi_heads
     images = model.preprocess_image([{"image": image}])
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features)
-    roi_heads.keypoint_on = False
+    heads = [h for h in ("mask", "keypoint") if getattr(roi_heads, f"{h}_on", False)]
+    for head in heads:
+        setattr(roi_heads, f"{head}_on", False)
     instances, _ = roi_heads(images, features, proposals)
-    roi_heads.keypoint_on = True
-    pooled = roi_heads.keypoint_pooler(
-        [features[f] for f in roi_heads.keypoint_in_features], [x.pred_boxes for x in instances]
-    )
-    roi_heads.keypoint_head.layers(pooled)
+    for head in heads:
+        setattr(roi_heads, f"{head}_on", True)
+        pooler = getattr(roi_heads, f"{head}_pooler")
+        in_features = getattr(roi_heads, f"{head}_in_features")
+        pooled = pooler([features[f] for f in in_features], [x.pred_boxes for x in instances])
+        getattr(roi_heads, f"{head}_head").layers(pooled)
 
 
 def tame_random_weights(model, image: torch.Tensor) -> None:
-    """Random weights without their saturation, for timing a Keypoint R-CNN.
+    """Random weights without their saturation, for timing an R-CNN (boxes, masks, keypoints).
 
-    Rescales the output layers of the RPN, the box head and the keypoint head to a fixed spread
-    on ``image`` (logits 1, box deltas 0.1), one head after the other. Saturated scores (exactly
-    0 or 1) would drop detections below any score threshold, wild box deltas collapse every box
-    into one after clipping and NMS, and huge heatmap logits overflow the keypoint decoding.
-    The amount of computation is unchanged.
+    Rescales the output layers of the RPN, the box head, the mask head and the keypoint head to
+    a fixed spread on ``image`` (logits 1, box deltas 0.1), one head after the other. Saturated
+    scores (exactly 0 or 1) would drop detections below any score threshold, wild box deltas
+    collapse every box into one after clipping and NMS, and huge heatmap logits overflow the
+    keypoint decoding. The amount of computation is unchanged.
 
     Args:
-        model: a Keypoint R-CNN GeneralizedRCNN in eval mode; changed in place.
+        model: a GeneralizedRCNN with StandardROIHeads in eval mode; changed in place.
         image: a (C, H, W) uint8 tensor in the model's input format.
     """
     rpn_head, roi_heads = model.proposal_generator.rpn_head, model.roi_heads
@@ -102,8 +105,12 @@ def tame_random_weights(model, image: torch.Tensor) -> None:
         {rpn_head.objectness_logits: 1.0, rpn_head.anchor_deltas: 0.1},
         {roi_heads.box_predictor.cls_score: 1.0, roi_heads.box_predictor.bbox_pred: 0.1},
     ]
-    if hasattr(roi_heads.keypoint_head, "score_lowres"):  # KRCNNConvDeconvUpsampleHead
-        stages.append({roi_heads.keypoint_head.score_lowres: 1.0})
+    mask_head = getattr(roi_heads, "mask_head", None)
+    if getattr(roi_heads, "mask_on", False) and hasattr(mask_head, "predictor"):
+        stages.append({mask_head.predictor: 1.0})  # MaskRCNNConvUpsampleHead
+    keypoint_head = getattr(roi_heads, "keypoint_head", None)
+    if getattr(roi_heads, "keypoint_on", False) and hasattr(keypoint_head, "score_lowres"):
+        stages.append({keypoint_head.score_lowres: 1.0})  # KRCNNConvDeconvUpsampleHead
     with torch.no_grad():
         for stage in stages:
             spreads = {}
@@ -112,7 +119,7 @@ def tame_random_weights(model, image: torch.Tensor) -> None:
                 spreads.setdefault(module, float(output.std()))  # returns None: output unchanged
 
             hooks = [layer.register_forward_hook(record) for layer in stage]
-            _keypoint_logits(model, image)
+            _head_logits(model, image)
             for h in hooks:
                 h.remove()
             for layer, target in stage.items():
@@ -127,7 +134,7 @@ def build_benchmark_model(cfg, image: torch.Tensor):
     weights (seed 0) tamed on ``image`` (see :func:`tame_random_weights`) when it is empty.
 
     Args:
-        cfg: a Keypoint R-CNN config.
+        cfg: an R-CNN config (boxes, masks, keypoints).
         image: a (C, H, W) uint8 tensor in the model's input format.
 
     Returns:
