@@ -15,7 +15,8 @@ $(STAMP): setup.py dev/setup_env.py $(FORCE_SETUP)
 	$(PYTHON) dev/setup_env.py --venv $(VENV)
 	touch $@
 
-# The pipeline on the embedded synthetic data: one seed, shortened schedule (report in output/demo).
+# The pipeline on the demo profile of the synthetic data (quick to learn): one seed, single-view
+# labels for comparison, label pictures (report and pictures in output/demo).
 demo: setup
 	$(VPY) tools/run_pipeline.py --config-file configs/Synthetic/pipeline_nR18-FPN_demo.yaml
 

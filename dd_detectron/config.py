@@ -140,8 +140,10 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.PIPELINE.SHIFTED_TRUTH = "synthetic_kp_unlabeled_shifted_truth"
     # One full teacher -> student run per seed (the SEED of every stage).
     _C.DD.PIPELINE.SEEDS = (1,)
-    # Extra rows, any of: "single_view" (student on single-view labels), "finetune" (student
-    # fine-tuned from the teacher), "shifted" (student on labels of SHIFTED_DATASET), "oracle".
+    # Extra rows, any of: "single_view" (single-view labels and a student on them),
+    # "single_view_labels" (the single-view labels alone: their label AP against the multi-view
+    # labels' at the cost of one labeling pass), "finetune" (student fine-tuned from the teacher),
+    # "shifted" (student on labels of SHIFTED_DATASET), "oracle".
     _C.DD.PIPELINE.ABLATIONS = ()
     # The seeds that also run the ablations (each must be in SEEDS); empty = the first seed only,
     # so 3 seeds of the headline plus one set of ablations, not three.

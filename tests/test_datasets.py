@@ -25,7 +25,12 @@ from dd_detectron.data.datasets import (
     register_path_datasets,
 )
 from dd_detectron.data.datasets.coco import DD_DETECTRON
-from dd_detectron.data.synthetic import SYNTHETIC_SPLITS, TINY_SYNTHETIC_SPLITS, split_files
+from dd_detectron.data.synthetic import (
+    DEMO_SYNTHETIC_SPLITS,
+    SYNTHETIC_SPLITS,
+    TINY_SYNTHETIC_SPLITS,
+    split_files,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +46,7 @@ def test_datasets_root(monkeypatch, tmp_path):
 def _expected_builtin(root):
     """name -> [json_file, image_root] of every builtin dataset, from the family tables."""
     expected = {}
-    for spec in SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS:
+    for spec in SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS + DEMO_SYNTHETIC_SPLITS:
         files = split_files(spec, root)
         expected[spec.name] = [files.json_file, files.image_root]
         if files.truth_json_file is not None:
@@ -85,7 +90,7 @@ def test_builtin_datasets_lie_under_one_root(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:]
     registered = json.loads(proc.stdout.split("RESULT ", 1)[1])
     expected = _expected_builtin(str(tmp_path / "data"))
-    assert len(expected) == 12 + 2 + 1 + 4
+    assert len(expected) == 16 + 2 + 1 + 5
     assert registered == expected
 
 

@@ -156,6 +156,47 @@ def test_ablations_run_on_the_first_seed_unless_told(tmp_path, monkeypatch):
         _full_plan(ABLATION_SEEDS=(7,))
 
 
+def test_single_view_labels_ablation_labels_without_a_student(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = _full_plan(SEEDS=(1,), ABLATIONS=("single_view_labels",))
+    assert names == [f"seed1/{r}" for r in ("teacher", "labels_multiview", "student")] + [
+        "seed1/labels_singleview"
+    ]
+    names = _full_plan(SEEDS=(1,), ABLATIONS=("single_view", "single_view_labels"))
+    assert names.count("seed1/labels_singleview") == 1 and "seed1/student_singleview" in names
+
+
+DEMO = REPO / "configs" / "Synthetic" / "pipeline_nR18-FPN_demo.yaml"
+
+
+def test_demo_plans_its_profile_single_view_labels_and_pictures(tmp_path, monkeypatch):
+    from dd_detectron.pipeline.plan import build_stages, load_stage_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_stage_config(str(DEMO))
+    stages = build_stages(cfg, str(DEMO.parent))
+    assert [s.name for s in stages] == [
+        "seed1/teacher",
+        "seed1/labels_multiview",
+        "seed1/student",
+        "seed1/labels_singleview",  # label AP only: no second student
+    ]
+    teacher, multi, student, single = stages
+    assert multi.work == 3.0 and single.work == 1.0  # 3 scales, no flips
+    for stage, views in ((multi, "True"), (single, "False")):
+        args = stage.args
+        assert args[args.index("TEST.AUG.ENABLED") + 1] == views
+        assert args[args.index("DD.ANNOTATE.DATASETS") + 1] == "('synthetic_kp_demo_unlabeled',)"
+        assert args[args.index("--truth") + 1] == "synthetic_kp_demo_unlabeled_truth"
+    for stage in (teacher, student):
+        c = load_stage_config(stage.config_files[0])
+        assert c.DATASETS.TRAIN == ("synthetic_kp_demo_labeled",)
+        assert c.DATASETS.TEST == ("synthetic_kp_demo_val",)
+        # The demo profile's colours tell left from right, which a flip would contradict.
+        assert c.INPUT.RANDOM_FLIP == "none" and not c.TEST.AUG.FLIP
+    assert cfg.DD.PIPELINE.LABEL_PICTURES > 0
+
+
 def _fake_training(folder, *aps):
     """A training stage's metrics.json with one evaluation per AP value, as EvalHook logs them."""
     folder.mkdir(parents=True)
@@ -209,6 +250,20 @@ def test_report_gains_and_view_comparison(tmp_path):
     assert "| 1 | teacher (labeled only) | 8.00 | 9.00 | 10.00 | 11.00 | 12.00 |" in text
     assert "| sum of stages | 90 |" in text
     assert "Teacher keypoint AP during training (seed 1): \niter 10: 2.00, iter 20: 8.00" in text
+
+
+def test_report_compares_single_view_labels_without_their_student(tmp_path):
+    from dd_detectron.pipeline.report import build_report, report_markdown
+
+    _fake_training(tmp_path / "seed1" / "teacher", 8.0)
+    _fake_training(tmp_path / "seed1" / "student", 11.5)
+    _fake_labels(tmp_path / "seed1" / "labels_multiview", 13.0)
+    _fake_labels(tmp_path / "seed1" / "labels_singleview", 9.0)
+    report = build_report(str(tmp_path), (1,), {}, "val")
+    assert report["summary"]["multiview_vs_singleview"] == [
+        {"seed": "1", "label_AP": [13.0, 9.0], "student_AP": None}
+    ]
+    assert "(seed 1): label keypoint AP 13.00 vs 9.00." in report_markdown(report)
 
 
 def test_several_machines_run_one_annotation_job_with_one_fingerprint(monkeypatch):

@@ -110,6 +110,39 @@ def test_generation_is_byte_identical(tmp_path):
     assert img0.shape != img1.shape or not np.array_equal(img0, img1)
 
 
+def test_demo_splits_are_deterministic_valid_coco_of_their_own(tmp_path):
+    specs = syn.DEMO_SYNTHETIC_SPLITS
+    assert [s.name for s in specs] == [
+        "synthetic_kp_demo_labeled",
+        "synthetic_kp_demo_unlabeled",
+        "synthetic_kp_demo_val",
+    ]
+    assert all(s.render == syn.DEMO_RENDER for s in specs)
+    others = syn.SYNTHETIC_SPLITS + syn.TINY_SYNTHETIC_SPLITS
+    assert len({s.seed for s in specs + others}) == len(specs + others)  # no image shared
+    labeled, unlabeled, val = specs
+    assert unlabeled.num_images >= 5 * labeled.num_images and not unlabeled.with_annotations
+    tiny = [dataclasses.replace(s, num_images=4) for s in specs]
+    for d in ("a", "b"):
+        for spec in tiny:
+            syn.generate_split(spec, str(tmp_path / d))
+    a, b = _all_files(str(tmp_path / "a")), _all_files(str(tmp_path / "b"))
+    assert sorted(a) == sorted(b) and len(a) == 3 * 4 + 4  # 12 images, 3 JSON + 1 truth
+    for rel in a:
+        assert a[rel] == b[rel], rel
+    people = 0
+    for spec in tiny:
+        files = syn.split_files(spec, str(tmp_path / "a"))
+        coco = COCO(files.json_file if spec.with_annotations else files.truth_json_file)
+        assert sorted(coco.getImgIds()) == [1, 2, 3, 4]
+        for img in coco.loadImgs(coco.getImgIds()):
+            assert 128 <= img["width"] <= 160 and 128 <= img["height"] <= 160
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+            assert 1 <= len(anns) <= 2  # one or two people, none out of sight
+            people += sum(ann["num_keypoints"] > 0 for ann in anns)
+    assert people >= 12  # large people: all but the most hidden carry keypoints
+
+
 def test_every_split_loads(tiny_root):
     for spec in _tiny_splits():
         files = syn.split_files(spec, tiny_root)

@@ -33,7 +33,7 @@ __all__ = [
     "resolve_config_path",
 ]
 
-ABLATIONS = ("single_view", "finetune", "shifted", "oracle")
+ABLATIONS = ("single_view", "single_view_labels", "finetune", "shifted", "oracle")
 
 # Rows: the folder of a stage within its seed's folder.
 TEACHER = "teacher"
@@ -249,8 +249,9 @@ def build_stages(
         annotate(LABELS_MULTIVIEW, p.UNLABELED_DATASET, p.UNLABELED_TRUTH, True)
         student(STUDENT, LABELS_MULTIVIEW)
         ablations = p.ABLATIONS if seed in ablation_seeds else ()
-        if "single_view" in ablations:
+        if "single_view" in ablations or "single_view_labels" in ablations:
             annotate(LABELS_SINGLEVIEW, p.UNLABELED_DATASET, p.UNLABELED_TRUTH, False)
+        if "single_view" in ablations:
             student(STUDENT_SINGLEVIEW, LABELS_SINGLEVIEW)
         if "finetune" in ablations:
             student(

@@ -155,19 +155,20 @@ def build_report(output_root: str, seeds, wall_times: Dict[str, float], eval_dat
 
 
 def _view_comparisons(per_seed) -> List[dict]:
-    """Per seed with the single-view ablation: label AP and student AP, multi-view vs
-    single-view."""
+    """Per seed with single-view labels: label AP and student AP (None without the single-view
+    student), multi-view vs single-view."""
     comparisons = []
     for seed, data in per_seed.items():
         labels, models = data["labels"], data["models"]
         multi, single = labels.get(LABELS_MULTIVIEW), labels.get(LABELS_SINGLEVIEW)
-        if not (multi and single and models.get(STUDENT) and models.get(STUDENT_SINGLEVIEW)):
+        if not (multi and single):
             continue
+        students = [models.get(STUDENT), models.get(STUDENT_SINGLEVIEW)]
         comparisons.append(
             {
                 "seed": seed,
                 "label_AP": [multi["keypoints"]["AP"], single["keypoints"]["AP"]],
-                "student_AP": [models[STUDENT]["AP"], models[STUDENT_SINGLEVIEW]["AP"]],
+                "student_AP": [m["AP"] for m in students] if all(students) else None,
             }
         )
     return comparisons
@@ -201,11 +202,14 @@ def report_markdown(report: dict) -> str:
             + f" (mean {summary['mean_gain']:+.2f}, min {summary['min_gain']:+.2f})",
         ]
     for c in summary.get("multiview_vs_singleview", []):
+        students = c["student_AP"]
+        student_text = (
+            f", student AP {_fmt(students[0])} vs {_fmt(students[1])}" if students else ""
+        )
         lines += [
             "",
             f"Multi-view against single-view labels (seed {c['seed']}): label keypoint AP "
-            f"{_fmt(c['label_AP'][0])} vs {_fmt(c['label_AP'][1])}, student AP "
-            f"{_fmt(c['student_AP'][0])} vs {_fmt(c['student_AP'][1])}.",
+            f"{_fmt(c['label_AP'][0])} vs {_fmt(c['label_AP'][1])}{student_text}.",
         ]
     label_rows = [
         (seed, row, q) for seed, d in report["per_seed"].items() for row, q in d["labels"].items()

@@ -1,8 +1,9 @@
 """Registers every builtin dataset of dd_detectron, from the tables of its dataset families, under
 one datasets root (as detectron2's and DensePose's data/datasets/builtin.py do):
 
-    synthetic_kp_*, synthetic_kp_tiny_*   data/synthetic/splits.py   SYNTHETIC_SPLITS,
-                                                                     TINY_SYNTHETIC_SPLITS
+    synthetic_kp_*, synthetic_kp_tiny_*,  data/synthetic/splits.py   SYNTHETIC_SPLITS,
+    synthetic_kp_demo_*                                              TINY_SYNTHETIC_SPLITS,
+                                                                     DEMO_SYNTHETIC_SPLITS
     coco_2017_unlabeled,                  coco.py                    PAPER_SPLITS (the splits
     coco_2014_train_unlabeled                                        detectron2 lacks)
     sports1m_frames                       image_folder.py            BUILTIN_IMAGE_FOLDERS
@@ -17,7 +18,7 @@ a config names them.
 import os
 from typing import List
 
-from ..synthetic.splits import SYNTHETIC_SPLITS, TINY_SYNTHETIC_SPLITS
+from ..synthetic.splits import DEMO_SYNTHETIC_SPLITS, SYNTHETIC_SPLITS, TINY_SYNTHETIC_SPLITS
 from .coco import register_coco_unlabeled
 from .generated import register_builtin_generated
 from .image_folder import register_builtin_image_folders
@@ -46,7 +47,9 @@ def register_all_builtin(root: str) -> List[str]:
         the names registered (the unlabeled COCO splits are left alone when another project
         registered them first, see coco.py).
     """
-    names = register_synthetic_keypoints(root, SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS)
+    names = register_synthetic_keypoints(
+        root, SYNTHETIC_SPLITS + TINY_SYNTHETIC_SPLITS + DEMO_SYNTHETIC_SPLITS
+    )
     names += register_coco_unlabeled(root)
     names += register_builtin_image_folders(root)
     names += register_builtin_generated(root)

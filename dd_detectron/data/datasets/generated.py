@@ -75,6 +75,10 @@ BUILTIN_GENERATED: Tuple[GeneratedSplit, ...] = (
     ),
     # The embedded synthetic unlabeled split, labeled by the synthetic teacher.
     GeneratedSplit("dd_synthetic_kp_generated", "dd_generated/synthetic_kp_keypoints.json"),
+    # The demo profile's unlabeled split (synthetic_kp_demo_unlabeled), labeled by its teacher.
+    GeneratedSplit(
+        "dd_synthetic_kp_demo_generated", "dd_generated/synthetic_kp_demo_keypoints.json"
+    ),
 )
 
 

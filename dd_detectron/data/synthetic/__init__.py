@@ -14,6 +14,7 @@ Registering the splits in DatasetCatalog is dd_detectron/data/datasets/synthetic
 
 from .render_config import RenderConfig
 from .splits import (
+    DEMO_SYNTHETIC_SPLITS,
     SYNTHETIC_SPLITS,
     TINY_SYNTHETIC_SPLITS,
     SplitFiles,
@@ -30,6 +31,7 @@ __all__ = [
     "SplitFiles",
     "SYNTHETIC_SPLITS",
     "TINY_SYNTHETIC_SPLITS",
+    "DEMO_SYNTHETIC_SPLITS",
     "split_files",
     "generate_split",
     "is_split_complete",
