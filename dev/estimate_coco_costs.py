@@ -45,7 +45,7 @@ from dd_detectron.annotation import views_config
 from dd_detectron.annotation.inputs import ReadImageOrError
 from dd_detectron.config import num_views
 from dd_detectron.modeling import KeypointRCNNWithTTA
-from dd_detectron.utils.benchmark import build_benchmark_model
+from dd_detectron.utils.benchmark import build_benchmark_model, save_result
 
 logger = logging.getLogger("dd_detectron.estimate_coco_costs")
 
@@ -366,10 +366,7 @@ def main(args):
     setup_logger(name="dd_detectron")
     result = estimate_coco_costs(args)
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
-        logger.info("Results written to %s", args.output)
+        save_result(result, args.output)
     return result
 
 

@@ -54,3 +54,15 @@ def load_tool():
         return modules[key]
 
     return load
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: bit-identical detections across runs and processes need
+    the same thread count. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

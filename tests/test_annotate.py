@@ -7,7 +7,6 @@ one torch thread (so that every run, sharded or not, computes bit-identical dete
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from annotate_helpers import crash_after, read_bytes, spawn_annotation, torchrun_env
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 from detectron2.data.datasets.builtin_meta import (
@@ -52,15 +52,8 @@ KEYPOINT_META = dict(
     keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP,
     keypoint_connection_rules=KEYPOINT_CONNECTION_RULES,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bit-identical detections across runs and processes need the same thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Bit-identical detections across runs and processes need the same thread count.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------
@@ -164,11 +157,6 @@ def data(tmp_path_factory):
     ]
     unlabeled = make_dataset(str(root / "unlabeled"), 5, seed=2, extra_files=bad)
     return labeled, unlabeled
-
-
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 # ------------------------------------------------------------------------------------------
@@ -377,17 +365,6 @@ def test_annotate_labels_all_images_and_reports_bad_ones(data, tmp_path):
     assert len(dicts) == 5 and sum(len(d["annotations"]) for d in dicts) == len(anns)
 
 
-def _crash_after(model, num_backbone_calls):
-    calls = []
-
-    def hook(module, inputs):
-        calls.append(1)
-        if len(calls) > num_backbone_calls:
-            raise RuntimeError("simulated crash")
-
-    return model.backbone.register_forward_pre_hook(hook), calls
-
-
 def test_resume_after_crash_gives_identical_files(data, tmp_path):
     labeled, unlabeled = data
     cfg = tiny_cfg(labeled, unlabeled)
@@ -396,7 +373,7 @@ def test_resume_after_crash_gives_identical_files(data, tmp_path):
 
     out = str(tmp_path / "resumed")
     model = tiny_model(cfg)
-    handle, calls = _crash_after(model, 2 * 3)  # 2 backbone passes (view pairs) per image
+    handle, calls = crash_after(model, 2 * 3)  # 2 backbone passes (view pairs) per image
     with pytest.raises(RuntimeError, match="simulated crash"):
         annotate(cfg, model, out)
     handle.remove()
@@ -406,15 +383,15 @@ def test_resume_after_crash_gives_identical_files(data, tmp_path):
     done = ProgressStore(os.path.join(out, "progress")).finished_image_ids()
     assert done == {100, 101}
 
-    _, calls = _crash_after(model, 10**6)
+    _, calls = crash_after(model, 10**6)
     annotate(cfg, model, out)
     assert len(calls) == 2 * 3  # only the 3 remaining good images ran
     for name in (OUTPUT_JSON, STATS_JSON):
-        assert _read(os.path.join(out, name)) == _read(os.path.join(reference, name))
+        assert read_bytes(os.path.join(out, name)) == read_bytes(os.path.join(reference, name))
     # A finished run reruns without any inference and rewrites the same files.
-    _, calls = _crash_after(model, 10**6)
+    _, calls = crash_after(model, 10**6)
     annotate(cfg, model, out)
-    assert len(calls) == 0 and _read(os.path.join(out, OUTPUT_JSON)) == _read(
+    assert len(calls) == 0 and read_bytes(os.path.join(out, OUTPUT_JSON)) == read_bytes(
         os.path.join(reference, OUTPUT_JSON)
     )
 
@@ -429,7 +406,7 @@ def test_resume_refuses_other_settings(data, tmp_path):
     with pytest.raises(ValueError, match="TEST.AUG"):
         annotate(other, model, out)
     # Thresholds apply after inference: changing them reuses the saved detections.
-    _, calls = _crash_after(model, 10**6)
+    _, calls = crash_after(model, 10**6)
     annotate(
         tiny_cfg(
             labeled,
@@ -446,28 +423,15 @@ def test_resume_refuses_other_settings(data, tmp_path):
     assert len(COCO(os.path.join(out, OUTPUT_JSON)).getAnnIds()) == 5 * 4
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _shard_worker(rank, world_size, port, state_path, labeled_json, unlabeled_json, names, out):
+def _shard_worker(rank, world_size, port, state_path, files, names, out):
     # What torchrun gives every worker; the tool's init path reads exactly these.
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    os.environ.update(torchrun_env(rank, world_size, port))
     torch.set_num_threads(1)
     from dd_detectron.engine.launch import init_distributed_from_env, launched_by_torchrun
 
     assert launched_by_torchrun()
     init_distributed_from_env("cpu")
-    for name, (json_file, root) in zip(names, (labeled_json, unlabeled_json)):
+    for name, (json_file, root) in zip(names, files):
         register_coco_instances(name, KEYPOINT_META, json_file, root)
     # Another save period than the single-process run: the outputs must not depend on it.
     cfg = tiny_cfg(*names, "DD.ANNOTATE.SAVE_PERIOD", 3)
@@ -490,18 +454,8 @@ def test_sharded_equals_single_process(data, tmp_path):
     single = str(tmp_path / "single")
     annotate(cfg, model, single)
 
-    state_path = str(tmp_path / "model.pth")
-    torch.save(model.state_dict(), state_path)
-    files = [
-        (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root)
-        for n in (labeled, unlabeled)
-    ]
     sharded = str(tmp_path / "sharded")
-    torch.multiprocessing.spawn(
-        _shard_worker,
-        args=(2, _free_port(), state_path, files[0], files[1], [labeled, unlabeled], sharded),
-        nprocs=2,
-    )
+    spawn_annotation(_shard_worker, model, [labeled, unlabeled], sharded, tmp_path)
     ranks = []
     for r in range(2):
         with open(os.path.join(sharded, f"rank{r}.json")) as f:
@@ -511,7 +465,7 @@ def test_sharded_equals_single_process(data, tmp_path):
     chunks = ProgressStore(os.path.join(sharded, "progress")).chunk_paths()
     assert [os.path.basename(c) for c in chunks] == [f"chunk-{i:09d}.npz" for i in (0, 3, 4, 7)]
     for name in (OUTPUT_JSON, STATS_JSON):
-        assert _read(os.path.join(sharded, name)) == _read(os.path.join(single, name))
+        assert read_bytes(os.path.join(sharded, name)) == read_bytes(os.path.join(single, name))
 
 
 def test_clear_errors(data, tmp_path):

@@ -9,7 +9,6 @@ inference, one torch thread.
 import json
 import os
 import re
-import socket
 import uuid
 
 import cv2
@@ -17,6 +16,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from annotate_helpers import crash_after, read_bytes, spawn_annotation, torchrun_env
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.detection_utils import read_image
@@ -47,13 +47,8 @@ from dd_detectron.annotation.progress import PredictionChunk, ProgressStore
 CATEGORIES = [(3, "cat"), (5, "dog"), (8, "bird")]
 SIZE = (64, 80)  # height, width of every test image
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Bit-identical detections across runs and processes need the same thread count.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------
@@ -147,22 +142,6 @@ def data(tmp_path_factory):
     return labeled, unlabeled, truth
 
 
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _crash_after(model, num_backbone_calls):
-    calls = []
-
-    def hook(module, inputs):
-        calls.append(1)
-        if len(calls) > num_backbone_calls:
-            raise RuntimeError("simulated crash")
-
-    return model.backbone.register_forward_pre_hook(hook), calls
-
-
 def _predict(cfg, model, file_name):
     """detectron2's plain inference on one image (what single-view labels must hold)."""
     image = read_image(file_name, cfg.INPUT.FORMAT)
@@ -234,7 +213,7 @@ def test_rle_round_trip_gives_back_the_predicted_masks(tmp_path):
     relabeled = make_labels(other, images, LabelingRule(0.3, None, 0), None, 0, masks=True)
     path_other = str(tmp_path / "labels_other.json")
     write_coco_json(path_other, relabeled.labels, space, {}, block_size=2)
-    assert _read(path_other) == _read(path)
+    assert read_bytes(path_other) == read_bytes(path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -388,34 +367,21 @@ def test_mask_model_resumes_to_identical_files(data, tmp_path):
 
     out = str(tmp_path / "resumed")
     model = tiny_model(cfg)
-    handle, _ = _crash_after(model, 3)  # one backbone pass per image
+    handle, _ = crash_after(model, 3)  # one backbone pass per image
     with pytest.raises(RuntimeError, match="simulated crash"):
         annotate(cfg, model, out)
     handle.remove()
     assert ProgressStore(os.path.join(out, "progress")).finished_image_ids() == {100, 101}
-    _, calls = _crash_after(model, 10**6)
+    _, calls = crash_after(model, 10**6)
     annotate(cfg, model, out)
     assert len(calls) == 3
     for name in (OUTPUT_JSON, STATS_JSON):
-        assert _read(os.path.join(out, name)) == _read(os.path.join(reference, name))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        assert read_bytes(os.path.join(out, name)) == read_bytes(os.path.join(reference, name))
 
 
 def _shard_worker(rank, world_size, port, state_path, files, names, out):
     # What torchrun gives every worker (as in test_annotate.py's sharded test).
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    os.environ.update(torchrun_env(rank, world_size, port))
     torch.set_num_threads(1)
     from detectron2.utils import comm
 
@@ -440,23 +406,13 @@ def test_mask_model_sharded_equals_single_process(data, tmp_path):
     single = str(tmp_path / "single")
     annotate(cfg, model, single)
 
-    state_path = str(tmp_path / "model.pth")
-    torch.save(model.state_dict(), state_path)
-    files = [
-        (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root)
-        for n in (labeled, unlabeled)
-    ]
     sharded = str(tmp_path / "sharded")
-    torch.multiprocessing.spawn(
-        _shard_worker,
-        args=(2, _free_port(), state_path, files, [labeled, unlabeled], sharded),
-        nprocs=2,
-    )
+    spawn_annotation(_shard_worker, model, [labeled, unlabeled], sharded, tmp_path)
     # 6 images, 3 per process, saved 3 at a time: one chunk per process, at images 0 and 3.
     chunks = ProgressStore(os.path.join(sharded, "progress")).chunk_names()
     assert chunks == ["chunk-000000000.npz", "chunk-000000003.npz"]
     for name in (OUTPUT_JSON, STATS_JSON):
-        assert _read(os.path.join(sharded, name)) == _read(os.path.join(single, name))
+        assert read_bytes(os.path.join(sharded, name)) == read_bytes(os.path.join(single, name))
 
 
 # ------------------------------------------------------------------------------------------

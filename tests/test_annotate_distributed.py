@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from detectron2.data import MetadataCatalog
+from annotate_helpers import crash_after, free_port, read_bytes, spawn_annotation, torchrun_env
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 from test_annotate import (
     KEYPOINT_META,
-    _crash_after,
     _fake_instances,
-    _free_port,
     make_dataset,
     tiny_cfg,
 )
@@ -32,14 +30,8 @@ from dd_detectron.engine import launch as dd_launch
 
 K = 17
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bit-identical detections across runs and processes need the same thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Bit-identical detections across runs and processes need the same thread count.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +41,6 @@ def data(tmp_path_factory):
     labeled = make_dataset(str(root / "labeled"), 4, seed=1, annotations_per_image=[1, 2, 1, 2])
     unlabeled = make_dataset(str(root / "unlabeled"), 4, seed=3)
     return labeled, unlabeled
-
-
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 # ------------------------------------------------------------------------------------------
@@ -70,18 +57,11 @@ def _pretend_one_gpu(monkeypatch_like):
     monkeypatch_like(torch.cuda, "set_device", set_device)
 
 
-def _gpu_visible_worker(rank, world_size, port, state_path, datasets, out):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+def _gpu_visible_worker(rank, world_size, port, state_path, files, names, out):
+    os.environ.update(torchrun_env(rank, world_size, port))
     torch.set_num_threads(1)
-    names = ("is_available", "device_count", "set_device")
-    saved = {name: getattr(torch.cuda, name) for name in names}
+    cuda_functions = ("is_available", "device_count", "set_device")
+    saved = {name: getattr(torch.cuda, name) for name in cuda_functions}
     _pretend_one_gpu(setattr)
     dd_launch.init_distributed_from_env("cpu")  # MODEL.DEVICE of every tiny config
     for name, value in saved.items():  # the rest of the run must not touch CUDA either
@@ -101,9 +81,9 @@ def _gpu_visible_worker(rank, world_size, port, state_path, datasets, out):
         return real_listdir(path)
 
     os.listdir = listdir
-    for name, (json_file, root) in datasets.items():
+    for name, (json_file, root) in zip(names, files):
         register_coco_instances(name, KEYPOINT_META, json_file, root)
-    cfg = tiny_cfg(*datasets)
+    cfg = tiny_cfg(*names)
     model = build_model(cfg).eval()
     model.load_state_dict(torch.load(state_path))
     annotate(cfg, model, out)
@@ -121,23 +101,16 @@ def test_cpu_job_with_a_visible_gpu_runs_on_gloo_and_rank0_decides(data, tmp_pat
     model = tiny_model(cfg)
     single = str(tmp_path / "single")
     annotate(cfg, model, single)
-    state_path = str(tmp_path / "model.pth")
-    torch.save(model.state_dict(), state_path)
-    datasets = {}
-    for name in (labeled, unlabeled):
-        datasets[name] = (MetadataCatalog.get(name).json_file, MetadataCatalog.get(name).image_root)
     out = str(tmp_path / "two")
-    torch.multiprocessing.spawn(
-        _gpu_visible_worker, args=(2, _free_port(), state_path, datasets, out), nprocs=2
-    )
-    ranks = [json.loads(_read(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
+    spawn_annotation(_gpu_visible_worker, model, [labeled, unlabeled], out, tmp_path)
+    ranks = [json.loads(read_bytes(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
     # gloo on both; the image list was built once, on rank 0.
     assert ranks == [
         {"backend": "gloo", "images_to_label_calls": 1},
         {"backend": "gloo", "images_to_label_calls": 0},
     ]
     for name in (OUTPUT_JSON, STATS_JSON):
-        assert _read(os.path.join(out, name)) == _read(os.path.join(single, name))
+        assert read_bytes(os.path.join(out, name)) == read_bytes(os.path.join(single, name))
 
 
 def test_cuda_with_more_processes_than_gpus_fails_at_once(monkeypatch):
@@ -173,14 +146,7 @@ def test_both_paths_set_the_process_group_timeout(monkeypatch):
     assert ran == [args]
 
     # torchrun's variables for a job of one process: a real gloo group, joined in this process.
-    for key, value in dict(
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        LOCAL_WORLD_SIZE="1",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-    ).items():
+    for key, value in torchrun_env(0, 1, free_port()).items():
         monkeypatch.setenv(key, value)
     seen, exited = {}, []
     real_init = dist.init_process_group
@@ -216,7 +182,7 @@ def test_detectron2_object_collectives_get_the_timeout_on_nccl(monkeypatch):
 # Resume and merge
 # ------------------------------------------------------------------------------------------
 def _coco(path):
-    coco = json.loads(_read(path))
+    coco = json.loads(read_bytes(path))
     return coco["images"], coco["annotations"]
 
 
@@ -230,14 +196,14 @@ def test_resume_with_memory_only_settings_is_accepted(data, tmp_path):
 
     crashed = str(tmp_path / "crashed")
     model = tiny_model(cfg)
-    handle, _ = _crash_after(model, 2 * 2)  # 2 backbone passes (view pairs) per image
+    handle, _ = crash_after(model, 2 * 2)  # 2 backbone passes (view pairs) per image
     with pytest.raises(RuntimeError, match="simulated crash"):
         annotate(cfg, model, crashed)
     handle.remove()
     assert ProgressStore(os.path.join(crashed, "progress")).finished_image_ids() == {100, 101}
     # As an earlier version saved it: with the memory settings in the fingerprint.
     saved_path = os.path.join(crashed, "progress", ProgressStore.FINGERPRINT)
-    saved = json.loads(_read(saved_path))
+    saved = json.loads(read_bytes(saved_path))
     saved["DD.TTA"].update(CACHE_FEATURES=True, VIEW_BATCH_SIZE=2)
     with open(saved_path, "w") as f:
         json.dump(saved, f)
@@ -245,16 +211,16 @@ def test_resume_with_memory_only_settings_is_accepted(data, tmp_path):
     # Features recomputed instead of cached: the same detections, so the same files.
     out = str(tmp_path / "no_cache")
     shutil.copytree(crashed, out)
-    _, calls = _crash_after(model, 10**6)
+    _, calls = crash_after(model, 10**6)
     annotate(tiny_cfg(labeled, unlabeled, "DD.TTA.CACHE_FEATURES", False), model, out)
     assert len(calls) == 2 * 2 * 2  # the 2 images left: 2 view pairs, each 2 backbone passes
     for name in (OUTPUT_JSON, STATS_JSON):
-        assert _read(os.path.join(out, name)) == _read(os.path.join(reference, name))
+        assert read_bytes(os.path.join(out, name)) == read_bytes(os.path.join(reference, name))
 
     # Both, one view at a time: accepted; the same labels up to float rounding.
     out = str(tmp_path / "low_memory")
     shutil.copytree(crashed, out)
-    _, calls = _crash_after(model, 10**6)
+    _, calls = crash_after(model, 10**6)
     low = tiny_cfg(labeled, unlabeled, "DD.TTA.CACHE_FEATURES", False, "DD.TTA.VIEW_BATCH_SIZE", 1)
     annotate(low, model, out)
     assert len(calls) == 2 * 4 * 2  # 4 views one at a time, 2 passes each
@@ -281,7 +247,7 @@ def test_a_lagging_listing_still_merges_every_chunk(data, tmp_path, monkeypatch)
 
     out = str(tmp_path / "lagging")
     model = tiny_model(cfg)
-    handle, _ = _crash_after(model, 2 * 2)
+    handle, _ = crash_after(model, 2 * 2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         annotate(cfg, model, out)
     handle.remove()
@@ -299,7 +265,7 @@ def test_a_lagging_listing_still_merges_every_chunk(data, tmp_path, monkeypatch)
     monkeypatch.undo()
     assert len([n for n in frozen["names"] if n.startswith("chunk-")]) == 1  # the crashed run's
     for name in (OUTPUT_JSON, STATS_JSON):
-        assert _read(os.path.join(out, name)) == _read(os.path.join(reference, name))
+        assert read_bytes(os.path.join(out, name)) == read_bytes(os.path.join(reference, name))
 
 
 def _store(root, chunks):

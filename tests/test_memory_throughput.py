@@ -33,16 +33,10 @@ from dd_detectron.modeling.test_time_augmentation import (
     bounded_heatmaps_to_keypoints,
 )
 
+# Bit-identical detections across runs and processes need the same thread count.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CUDA_OOM = "CUDA out of memory. Tried to allocate 3.17 GiB (GPU 0; 15.77 GiB total capacity)"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bit-identical detections across runs need the same thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

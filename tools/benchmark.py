@@ -41,7 +41,6 @@ stages cost, in GPU hours, is estimated by dev/estimate_coco_costs.py.
 
 import argparse
 import functools
-import json
 import logging
 import os
 import statistics
@@ -65,7 +64,7 @@ from dd_detectron.config import num_views
 from dd_detectron.data import build_ratio_train_loader, register_path_datasets
 from dd_detectron.engine import SourceCountingLoader
 from dd_detectron.modeling.tta_baselines import tta_approaches
-from dd_detectron.utils.benchmark import PeakMemory, build_benchmark_model
+from dd_detectron.utils.benchmark import PeakMemory, build_benchmark_model, save_result
 
 logger = logging.getLogger("dd_detectron.benchmark")
 
@@ -383,10 +382,7 @@ def main(args):
     cfg = setup(args)
     result = TASKS[args.task](cfg, args)
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
-        logger.info("Results written to %s", args.output)
+        save_result(result, args.output)
     return result
 
 

@@ -2,6 +2,7 @@
 memory of a block of code, and a model to time when no trained weights are at hand."""
 
 import ctypes
+import json
 import logging
 import os
 import threading
@@ -10,7 +11,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-__all__ = ["PeakMemory", "tame_random_weights", "build_benchmark_model"]
+from .file_io import write_atomic
+
+__all__ = ["PeakMemory", "tame_random_weights", "build_benchmark_model", "save_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +151,10 @@ def build_benchmark_model(cfg, image: torch.Tensor):
         logger.info("MODEL.WEIGHTS is empty: random weights (seeded, with tamed output layers).")
         tame_random_weights(model, image)
     return model
+
+
+def save_result(result: dict, path: str) -> None:
+    """Write a benchmark's result as JSON to ``path`` (atomically; its folder made if needed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, json.dumps(result, indent=2))
+    logger.info("Results written to %s", path)
