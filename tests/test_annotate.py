@@ -38,7 +38,7 @@ from dd_detectron.annotation import (
     annotate,
     labeled_statistics,
     threshold_for_mean,
-    write_coco_keypoints_json,
+    write_coco_json,
 )
 from dd_detectron.annotation.labels import LabelingRule, make_labels
 from dd_detectron.annotation.progress import PredictionChunk, ProgressStore
@@ -285,7 +285,7 @@ def test_json_round_trip_gives_back_predicted_keypoints(tmp_path):
     )
     assert space.dataset_ids == (1,)
     path = str(tmp_path / "labels.json")
-    assert write_coco_keypoints_json(path, labels, space, {"description": "t"}, block_size=1) == (
+    assert write_coco_json(path, labels, space, {"description": "t"}, block_size=1) == (
         2,
         2,
     )
@@ -549,7 +549,7 @@ def test_label_quality_of_true_and_shifted_labels(data, tmp_path):
     results = []
     for shift in (0.0, 6.0):
         path = str(tmp_path / f"shift{shift}.json")
-        write_coco_keypoints_json(path, labels_from_truth(shift), space, {})
+        write_coco_json(path, labels_from_truth(shift), space, {})
         results.append(label_quality(path, labeled))
     assert results[0]["keypoints"]["AP"] == pytest.approx(100.0) and results[0]["bbox"][
         "AP"

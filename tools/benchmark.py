@@ -41,7 +41,6 @@ stages cost, in GPU hours, is estimated by dev/estimate_coco_costs.py.
 
 import argparse
 import functools
-import logging
 import os
 import statistics
 import tempfile
@@ -65,8 +64,6 @@ from dd_detectron.data import build_ratio_train_loader, register_path_datasets
 from dd_detectron.engine import SourceCountingLoader
 from dd_detectron.modeling.tta_baselines import tta_approaches
 from dd_detectron.utils.benchmark import PeakMemory, build_benchmark_model, save_result
-
-logger = logging.getLogger("dd_detectron.benchmark")
 
 # --config-file zoo:<path> names a config of detectron2's model zoo, shipped in its package.
 ZOO_PREFIX = "zoo:"

@@ -1,7 +1,7 @@
 """The annotation stage of Data Distillation: hard COCO labels (boxes, and masks / keypoints as
 the teacher's heads allow) for unlabeled images."""
 
-from .coco_writer import ImageLabels, LabelSpace, write_coco_json, write_coco_keypoints_json
+from .coco_writer import ImageLabels, LabelSpace, write_coco_json
 from .engine import (
     CALIBRATION_PNG,
     LABEL_QUALITY_JSON,
@@ -29,7 +29,6 @@ __all__ = [
     "ImageLabels",
     "LabelSpace",
     "write_coco_json",
-    "write_coco_keypoints_json",
     "Heads",
     "LabeledStats",
     "labeled_statistics",

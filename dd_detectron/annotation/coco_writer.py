@@ -52,7 +52,6 @@ __all__ = [
     "ImageLabels",
     "image_labels_to_dataset_dict",
     "write_coco_json",
-    "write_coco_keypoints_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -298,7 +297,3 @@ def write_coco_json(
                 category["skeleton"] = [list(pair) for pair in label_space.skeleton]
         out.write('], "categories": ' + json.dumps(categories) + "}\n")
     return num_images, num_annotations
-
-
-# The name of keypoint-only days; the same writer.
-write_coco_keypoints_json = write_coco_json

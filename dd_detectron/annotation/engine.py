@@ -259,17 +259,23 @@ def _labeled_stats(cfg, settings: AnnotationSettings) -> Optional[LabeledStats]:
             f"({stats.num_images} images). Give a labeled {dataset} dataset or numeric "
             "thresholds."
         )
+    per_instance = (
+        f", {stats.keypoints_per_instance:.4f} labeled keypoints per instance"
+        if settings.heads.keypoint
+        else ""
+    )
+    by_category = (
+        f"; instances by category {list(stats.category_instances)}"
+        if stats.category_instances
+        else ""
+    )
     logger.info(
-        "Labeled data %s: %.4f instances (%s) per image, %.4f labeled keypoints per instance%s.",
+        "Labeled data %s: %.4f instances (%s) per image%s%s.",
         stats.datasets,
         stats.instances_per_image,
         kind,
-        stats.keypoints_per_instance,
-        (
-            f"; instances by category {list(stats.category_instances)}"
-            if stats.category_instances
-            else ""
-        ),
+        per_instance,
+        by_category,
     )
     return stats
 

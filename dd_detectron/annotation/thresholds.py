@@ -232,9 +232,7 @@ class CategoryThreshold:
     choice: ThresholdChoice
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["choice"] = self.choice.to_dict()
-        return out
+        return asdict(self)  # recurses into ``choice``
 
 
 def category_thresholds(

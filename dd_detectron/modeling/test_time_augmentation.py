@@ -43,7 +43,7 @@ from .tta_reduce import (
     unflip_mask_logits,
 )
 
-# The reducers are re-exported: they were defined here before tta_reduce.py.
+# The view reducers (tta_reduce.py) are importable from here too, beside the ensemblers.
 __all__ = [
     "RCNNWithTTA",
     "KeypointRCNNWithTTA",

@@ -81,9 +81,12 @@ def _head_logits(model, image: torch.Tensor) -> None:
     heads = [h for h in ("mask", "keypoint") if getattr(roi_heads, f"{h}_on", False)]
     for head in heads:
         setattr(roi_heads, f"{head}_on", False)
-    instances, _ = roi_heads(images, features, proposals)
+    try:
+        instances, _ = roi_heads(images, features, proposals)
+    finally:  # the model must come out with its heads on, whatever happened
+        for head in heads:
+            setattr(roi_heads, f"{head}_on", True)
     for head in heads:
-        setattr(roi_heads, f"{head}_on", True)
         pooler = getattr(roi_heads, f"{head}_pooler")
         in_features = getattr(roi_heads, f"{head}_in_features")
         pooled = pooler([features[f] for f in in_features], [x.pred_boxes for x in instances])
