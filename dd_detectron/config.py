@@ -140,6 +140,12 @@ def add_dd_config(cfg: CN) -> None:
     _C.DD.PIPELINE.SHIFTED_TRUTH = "synthetic_kp_unlabeled_shifted_truth"
     # One full teacher -> student run per seed (the SEED of every stage).
     _C.DD.PIPELINE.SEEDS = (1,)
+    # Rounds of distillation per seed, an int >= 1: round r + 1 labels UNLABELED_DATASET again
+    # with the teacher config's model and views and the weights of round r's student, and trains
+    # a new student (STUDENT_CONFIG, from its usual init) on labeled + those labels. Round 1 is
+    # teacher -> labels_multiview -> student; round r >= 2 writes round<r>_labels_multiview and
+    # round<r>_student. Ablations run in round 1 only.
+    _C.DD.PIPELINE.ROUNDS = 1
     # Extra rows, any of: "single_view" (single-view labels and a student on them),
     # "single_view_labels" (the single-view labels alone: their label AP against the multi-view
     # labels' at the cost of one labeling pass), "finetune" (student fine-tuned from the teacher),

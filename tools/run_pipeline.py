@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """
-Run data distillation end to end from one config: teacher -> annotate -> student -> evaluate.
+Run data distillation end to end from one config: teacher -> annotate -> student -> evaluate,
+for DD.PIPELINE.ROUNDS rounds (each round's student is the next round's teacher).
 
     python tools/run_pipeline.py --config-file configs/Synthetic/pipeline_nR18-FPN_demo.yaml
     python tools/run_pipeline.py --config-file CFG --num-gpus 8 DD.PIPELINE.SEEDS "(1, 2, 3)"
@@ -21,6 +22,7 @@ import sys
 from detectron2.engine import default_argument_parser
 from detectron2.utils.logger import setup_logger
 
+from dd_detectron.annotation import Heads
 from dd_detectron.pipeline import StageRunner, build_report, build_stages, write_report
 from dd_detectron.pipeline.pictures import draw_pipeline_label_pictures
 from dd_detectron.pipeline.plan import load_stage_config, resolve_config_path
@@ -68,9 +70,15 @@ def main(args):
         sys.stdout.write("Every stage is done; machine 0 writes the report.\n")
         return None
     teacher_config = resolve_config_path(cfg.DD.PIPELINE.TEACHER_CONFIG, config_dir)
-    eval_dataset = ", ".join(load_stage_config(teacher_config).DATASETS.TEST)
+    teacher_cfg = load_stage_config(teacher_config, cfg.DD.PIPELINE.STAGE_OPTS)
     report = build_report(
-        cfg.DD.PIPELINE.OUTPUT_DIR, cfg.DD.PIPELINE.SEEDS, wall_times, eval_dataset
+        cfg.DD.PIPELINE.OUTPUT_DIR,
+        cfg.DD.PIPELINE.SEEDS,
+        wall_times,
+        ", ".join(teacher_cfg.DATASETS.TEST),
+        # The AP of every head the model has.
+        iou_types=Heads.from_cfg(teacher_cfg).iou_types,
+        rounds=cfg.DD.PIPELINE.ROUNDS,
     )
     paths = write_report(report, cfg.DD.PIPELINE.OUTPUT_DIR)
     pictures = draw_pipeline_label_pictures(cfg)

@@ -1,18 +1,21 @@
 """
-Which stages a pipeline config asks for: per seed, teacher -> annotate -> student, plus the
-ablations of DD.PIPELINE.ABLATIONS. Every stage is a command line of a stand-alone tool.
+Which stages a pipeline config asks for: per seed, teacher -> annotate -> student, then for
+DD.PIPELINE.ROUNDS > 1 further rounds (the student of round r labels again as the teacher of
+round r + 1), plus the ablations of DD.PIPELINE.ABLATIONS (round 1 only). Every stage is a
+command line of a stand-alone tool.
 
 Each stage writes ``<DD.PIPELINE.OUTPUT_DIR>/seed<k>/<row>``; the row names below are also what
 the report reads.
 """
 
 import os
-from typing import List
+from typing import List, Tuple
 from urllib.parse import urlparse
 
 from detectron2.config import get_cfg
 
 from ..annotation import OUTPUT_JSON
+from ..annotation.heads import Heads
 from ..config import add_dd_config, num_views
 from .stages import Stage
 
@@ -28,7 +31,11 @@ __all__ = [
     "LABELS_SHIFTED",
     "STUDENT_SHIFTED",
     "ORACLE",
+    "ROUND_PREFIX",
+    "round_row",
+    "round_rows",
     "build_stages",
+    "check_student_heads",
     "load_stage_config",
     "resolve_config_path",
 ]
@@ -45,6 +52,21 @@ STUDENT_FINETUNE = "student_finetune"
 LABELS_SHIFTED = "labels_shifted"
 STUDENT_SHIFTED = "student_shifted"
 ORACLE = "oracle"
+# Rows of round r >= 2: "round<r>_" + the round-1 row (round 1 keeps the rows above, so outputs
+# of single-round runs stay valid when ROUNDS grows).
+ROUND_PREFIX = "round"
+
+
+def round_row(row: str, round_index: int) -> str:
+    """The row of ``row`` (LABELS_MULTIVIEW or STUDENT) in round ``round_index`` (from 1)."""
+    return row if round_index == 1 else f"{ROUND_PREFIX}{round_index}_{row}"
+
+
+def round_rows(round_index: int) -> Tuple[str, str, str]:
+    """(teacher, labels, student) rows of a round: round r's teacher is round r - 1's
+    student."""
+    teacher = TEACHER if round_index == 1 else round_row(STUDENT, round_index - 1)
+    return teacher, round_row(LABELS_MULTIVIEW, round_index), round_row(STUDENT, round_index)
 
 
 def load_stage_config(config_file: str, opts=()):
@@ -104,6 +126,44 @@ def annotate_launcher(
     return launcher, [f"--node_rank={machine_rank}"]
 
 
+def _heads(cfg) -> Tuple[str, ...]:
+    return Heads.from_cfg(cfg).iou_types
+
+
+def check_student_heads(teacher_cfg, student_cfg, rounds: int = 1) -> None:
+    """Check that the student can learn from the teacher's labels, and, with several rounds,
+    that its checkpoints load into the teacher config's model.
+
+    Raises:
+        ValueError: the student has a head the teacher's labels cannot train (a mask or keypoint
+            head of a teacher without it); with rounds > 1, the two configs' MODEL nodes differ
+            (MODEL.WEIGHTS aside). The message names the keys.
+    """
+    missing = set(_heads(student_cfg)) - set(_heads(teacher_cfg))
+    if missing:
+        keys = {"segm": "MODEL.MASK_ON", "keypoints": "MODEL.KEYPOINT_ON"}
+        raise ValueError(
+            f"DD.PIPELINE.STUDENT_CONFIG asks for {sorted(missing)} labels "
+            f"({', '.join(keys[m] for m in sorted(missing))} True), which the teacher "
+            "(DD.PIPELINE.TEACHER_CONFIG) cannot label: give both configs the same heads."
+        )
+    if rounds > 1:
+        teacher_model, student_model = teacher_cfg.MODEL.clone(), student_cfg.MODEL.clone()
+        teacher_model.WEIGHTS = student_model.WEIGHTS = ""
+        if teacher_model != student_model:
+            differ = sorted(
+                k
+                for k in set(teacher_model) | set(student_model)
+                if teacher_model.get(k) != student_model.get(k)
+            )
+            raise ValueError(
+                f"DD.PIPELINE.ROUNDS = {rounds}: a student labels the next round with the "
+                "teacher config's model, but DD.PIPELINE.STUDENT_CONFIG's MODEL differs from "
+                f"DD.PIPELINE.TEACHER_CONFIG's in MODEL.{', MODEL.'.join(differ)}: give both the "
+                "same model (MODEL.WEIGHTS aside), or use DD.PIPELINE.ROUNDS 1."
+            )
+
+
 def build_stages(
     cfg,
     config_dir: str = "",
@@ -123,7 +183,8 @@ def build_stages(
 
     Returns:
         the stages; names are "seed<k>/<row>" with rows teacher, labels_multiview, student,
-        and, with ablations (for the seeds of ABLATION_SEEDS), labels_singleview,
+        round<r>_labels_multiview and round<r>_student for rounds r = 2..ROUNDS, and, with
+        ablations (for the seeds of ABLATION_SEEDS), labels_singleview,
         student_singleview, student_finetune, labels_shifted, student_shifted, oracle.
     """
     p = cfg.DD.PIPELINE
@@ -151,9 +212,13 @@ def build_stages(
         raise ValueError(
             f"DD.PIPELINE.ABLATION_SEEDS: {stray} not in DD.PIPELINE.SEEDS {tuple(p.SEEDS)}"
         )
+    if p.ROUNDS < 1:
+        raise ValueError(f"DD.PIPELINE.ROUNDS must be >= 1, got {p.ROUNDS}")
     common = list(p.STAGE_OPTS)
     teacher_cfg = load_stage_config(teacher_config, common)
-    load_stage_config(student_config, common)  # a broken student config fails now, not in an hour
+    # A broken student config fails now, not in an hour.
+    student_cfg = load_stage_config(student_config, common)
+    check_student_heads(teacher_cfg, student_cfg, p.ROUNDS)
     views = num_views(teacher_cfg)
     if p.ANNOTATE_PROCESSES < 0:
         raise ValueError(f"DD.PIPELINE.ANNOTATE_PROCESSES must be >= 0, got {p.ANNOTATE_PROCESSES}")
@@ -207,14 +272,14 @@ def build_stages(
                 )
             )
 
-        def annotate(row, dataset, truth, multiview):
+        def annotate(row, dataset, truth, multiview, weights=teacher_weights, depends=TEACHER):
             args = ["--config-file", teacher_config, "--output", path(row)]
             if truth:
                 args += ["--truth", truth]
             args += [
                 *common,
                 "MODEL.WEIGHTS",
-                teacher_weights,
+                weights,
                 "TEST.AUG.ENABLED",
                 str(multiview),
                 "DD.ANNOTATE.DATASETS",
@@ -229,7 +294,7 @@ def build_stages(
                     args=args,
                     output_dir=path(row),
                     config_files=[teacher_config],
-                    depends_on=[name(TEACHER)],
+                    depends_on=[name(depends)],
                     work=float(views if multiview else 1),
                     launcher=launcher,
                     node_args=node_args,
@@ -248,6 +313,19 @@ def build_stages(
         train(TEACHER, teacher_config)
         annotate(LABELS_MULTIVIEW, p.UNLABELED_DATASET, p.UNLABELED_TRUTH, True)
         student(STUDENT, LABELS_MULTIVIEW)
+        for r in range(2, p.ROUNDS + 1):
+            # The teacher config's model and views, with the weights of the previous student;
+            # a new student from its usual init (not from the previous student).
+            teacher_row, labels_row, student_row = round_rows(r)
+            annotate(
+                labels_row,
+                p.UNLABELED_DATASET,
+                p.UNLABELED_TRUTH,
+                True,
+                weights=os.path.join(path(teacher_row), "model_final.pth"),
+                depends=teacher_row,
+            )
+            student(student_row, labels_row)
         ablations = p.ABLATIONS if seed in ablation_seeds else ()
         if "single_view" in ablations or "single_view_labels" in ablations:
             annotate(LABELS_SINGLEVIEW, p.UNLABELED_DATASET, p.UNLABELED_TRUTH, False)

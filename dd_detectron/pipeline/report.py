@@ -1,15 +1,19 @@
 """
-The pipeline's report: keypoint AP of every trained model on the evaluation set, the label AP of
-every set of generated labels, per-stage wall time; as Markdown, JSON and a PNG chart.
+The pipeline's report: AP of every head (box, mask, keypoints, as the model has them) of every
+trained model on the evaluation set, the label AP of every set of generated labels, round by
+round, per-stage wall time; as Markdown, JSON and a PNG chart.
 
 Model AP is read from each training stage's metrics.json (the final evaluation detectron2's
 EvalHook runs at the end of training); label AP from each annotation stage's label_quality.json.
+The main tables give the AP of the model's most specific head (keypoints, else masks, else
+boxes), as the paper's tables do; the per-round table gives every head.
 """
 
 import json
 import os
+import re
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from ..annotation import LABEL_QUALITY_JSON
 from ..utils import write_atomic
@@ -19,23 +23,34 @@ from .plan import (
     LABELS_SHIFTED,
     LABELS_SINGLEVIEW,
     ORACLE,
+    ROUND_PREFIX,
     STUDENT,
     STUDENT_FINETUNE,
     STUDENT_SHIFTED,
     STUDENT_SINGLEVIEW,
     TEACHER,
+    round_row,
+    round_rows,
 )
 
 __all__ = [
     "METRICS",
     "REPORT_FILES",
+    "HEAD_NAMES",
+    "model_row_title",
+    "label_row_title",
     "read_final_metrics",
+    "read_final_head_metrics",
     "read_eval_curve",
     "build_report",
     "write_report",
 ]
 
 METRICS = ("AP", "AP50", "AP75", "APm", "APl")
+# COCO evaluation (detectron2's task name) -> the head's name in the report.
+HEAD_NAMES = OrderedDict([("bbox", "box"), ("segm", "mask"), ("keypoints", "keypoint")])
+# Without heads, a report is of a Keypoint R-CNN (the pipeline's first model).
+KEYPOINT_IOU_TYPES = ("bbox", "keypoints")
 MODEL_ROWS = OrderedDict(
     [
         (TEACHER, "teacher (labeled only)"),
@@ -59,6 +74,37 @@ METRICS_JSON = "metrics.json"
 REPORT_FILES = {ext: f"report.{ext}" for ext in ("md", "json", "png")}
 
 
+def _model_rows(rounds: int) -> List[str]:
+    """Model rows in report order: round 1's teacher and student, later rounds' students, then
+    the ablations."""
+    rows = [TEACHER, STUDENT] + [round_row(STUDENT, r) for r in range(2, rounds + 1)]
+    return rows + [row for row in MODEL_ROWS if row not in rows]
+
+
+def _label_rows(rounds: int) -> List[str]:
+    rows = [LABELS_MULTIVIEW] + [round_row(LABELS_MULTIVIEW, r) for r in range(2, rounds + 1)]
+    return rows + [row for row in LABEL_ROWS if row not in rows]
+
+
+def _round_of(row: str, base: str) -> int:
+    """r of a row ``round_row(base, r)``, r >= 2."""
+    return int(re.fullmatch(rf"{ROUND_PREFIX}(\d+)_{base}", row).group(1))
+
+
+def model_row_title(row: str) -> str:
+    """The caption of a model row; a later round's student says its round."""
+    if row in MODEL_ROWS:
+        return MODEL_ROWS[row]
+    r = _round_of(row, STUDENT)
+    return f"student, round {r} (labeled + round-{r} labels)"
+
+
+def label_row_title(row: str) -> str:
+    if row in LABEL_ROWS:
+        return LABEL_ROWS[row]
+    return f"round-{_round_of(row, LABELS_MULTIVIEW)} multi-view labels of the unlabeled split"
+
+
 def _metrics_lines(output_dir: str) -> List[dict]:
     path = os.path.join(output_dir, METRICS_JSON)
     if not os.path.exists(path):
@@ -67,33 +113,45 @@ def _metrics_lines(output_dir: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def read_eval_curve(output_dir: str) -> List[dict]:
-    """Every evaluation logged during training: [{"iteration": i, "iterations_done": n, "AP": ...}].
+def read_eval_curve(output_dir: str, iou_type: str = "keypoints") -> List[dict]:
+    """Every evaluation of one head logged during training:
+    [{"iteration": i, "iterations_done": n, "AP": ...}].
 
     An evaluation during training is logged at the step it follows (step i: i + 1 iterations
     done), detectron2's final one after the loop, at MAX_ITER (MAX_ITER done): only the former
     share their step with a training line.
+
+    Args:
+        output_dir: a training stage's OUTPUT_DIR.
+        iou_type: the evaluation, "bbox", "segm" or "keypoints" (metrics.json's key prefix).
     """
     lines = _metrics_lines(output_dir)
     training_steps = {line.get("iteration") for line in lines if "total_loss" in line}
     curve = []
     for line in lines:
-        if "keypoints/AP" in line:
+        if f"{iou_type}/AP" in line:
             step = line.get("iteration")
             curve.append(
                 {
                     "iteration": step,
                     "iterations_done": step + 1 if step in training_steps else step,
-                    **{m: line.get(f"keypoints/{m}") for m in METRICS},
+                    **{m: line.get(f"{iou_type}/{m}") for m in METRICS},
                 }
             )
     return curve
 
 
-def read_final_metrics(output_dir: str) -> Optional[Dict[str, float]]:
-    """Keypoint AP, AP50, AP75, APm, APl of the last evaluation of a training stage."""
-    curve = read_eval_curve(output_dir)
+def read_final_metrics(output_dir: str, iou_type: str = "keypoints") -> Optional[Dict[str, float]]:
+    """AP, AP50, AP75, APm, APl of one head in the last evaluation of a training stage."""
+    curve = read_eval_curve(output_dir, iou_type)
     return {m: curve[-1][m] for m in METRICS} if curve else None
+
+
+def read_final_head_metrics(
+    output_dir: str, iou_types: Sequence[str]
+) -> Dict[str, Optional[Dict[str, float]]]:
+    """{iou type: its read_final_metrics} for every head of ``iou_types``."""
+    return OrderedDict((t, read_final_metrics(output_dir, t)) for t in iou_types)
 
 
 def _read_label_quality(output_dir: str) -> Optional[dict]:
@@ -104,7 +162,34 @@ def _read_label_quality(output_dir: str) -> Optional[dict]:
         return json.load(f)
 
 
-def build_report(output_root: str, seeds, wall_times: Dict[str, float], eval_dataset: str) -> dict:
+def _ap(metrics: Optional[dict]) -> Optional[float]:
+    return metrics["AP"] if metrics and metrics.get("AP") is not None else None
+
+
+def _rounds(models_by_head: dict, labels: dict, rounds: int, iou_types) -> List[dict]:
+    """Round by round: which rows are its teacher, labels and student, and their AP per head."""
+    out = []
+    for r in range(1, rounds + 1):
+        rows = dict(zip(("teacher", "labels", "student"), round_rows(r)))
+        ap = OrderedDict()
+        for t in iou_types:
+            ap[t] = {
+                "teacher": _ap((models_by_head.get(rows["teacher"]) or {}).get(t)),
+                "labels": _ap((labels.get(rows["labels"]) or {}).get(t)),
+                "student": _ap((models_by_head.get(rows["student"]) or {}).get(t)),
+            }
+        out.append({"round": r, **rows, "AP": ap})
+    return out
+
+
+def build_report(
+    output_root: str,
+    seeds,
+    wall_times: Dict[str, float],
+    eval_dataset: str,
+    iou_types: Sequence[str] = KEYPOINT_IOU_TYPES,
+    rounds: int = 1,
+) -> dict:
     """Collect every figure of a finished pipeline run.
 
     Args:
@@ -112,49 +197,70 @@ def build_report(output_root: str, seeds, wall_times: Dict[str, float], eval_dat
         seeds: DD.PIPELINE.SEEDS.
         wall_times: stage name -> seconds (StageRunner.run's result).
         eval_dataset: the dataset models were evaluated on (for the captions).
+        iou_types: the model's evaluations (``Heads.iou_types`` of the teacher config): "bbox",
+            then "segm" and "keypoints" as it has those heads; the last is the main tables'.
+        rounds: DD.PIPELINE.ROUNDS.
 
     Returns:
-        a JSON-serialisable dict.
+        a JSON-serialisable dict. Per seed: "models" (row -> the main head's AP, AP50, ...),
+        "model_heads" (row -> head -> the same), "labels" (row -> label_quality.json),
+        "rounds" (per round: its teacher, labels and student rows and their AP per head) and
+        the teacher's curve.
     """
+    iou_types = tuple(iou_types)
+    main = iou_types[-1]
     per_seed = OrderedDict()
     for seed in seeds:
         root = os.path.join(output_root, f"seed{seed}")
-        models = OrderedDict(
-            (row, read_final_metrics(os.path.join(root, row)))
-            for row in MODEL_ROWS
-            if os.path.isdir(os.path.join(root, row))
+        present = [r for r in _model_rows(rounds) if os.path.isdir(os.path.join(root, r))]
+        models_by_head = OrderedDict(
+            (row, read_final_head_metrics(os.path.join(root, row), iou_types)) for row in present
         )
         labels = OrderedDict(
             (row, _read_label_quality(os.path.join(root, row)))
-            for row in LABEL_ROWS
+            for row in _label_rows(rounds)
             if os.path.isdir(os.path.join(root, row))
         )
         per_seed[str(seed)] = {
-            "models": models,
+            "models": OrderedDict((row, heads[main]) for row, heads in models_by_head.items()),
+            "model_heads": models_by_head,
             "labels": labels,
-            "teacher_curve": read_eval_curve(os.path.join(root, TEACHER)),
+            "rounds": _rounds(models_by_head, labels, rounds, iou_types),
+            "teacher_curve": read_eval_curve(os.path.join(root, TEACHER), main),
         }
-    gains = [
-        s["models"][STUDENT]["AP"] - s["models"][TEACHER]["AP"]
-        for s in per_seed.values()
-        if s["models"].get(STUDENT) and s["models"].get(TEACHER)
-    ]
+    gains = _gains(per_seed, 1, main)
     summary = {
         "student_minus_teacher_AP": gains,
         "mean_gain": sum(gains) / len(gains) if gains else None,
         "min_gain": min(gains) if gains else None,
-        "multiview_vs_singleview": _view_comparisons(per_seed),
+        "multiview_vs_singleview": _view_comparisons(per_seed, main),
+        # Per round: its student's AP - its teacher's (round r's teacher: round r - 1's student).
+        "round_gains": [
+            {"round": r, "student_minus_teacher_AP": _gains(per_seed, r, main)}
+            for r in range(1, rounds + 1)
+        ],
     }
     return {
         "eval_dataset": eval_dataset,
         "seeds": [str(s) for s in seeds],
+        "heads": list(iou_types),
+        "rounds": rounds,
         "per_seed": per_seed,
         "summary": summary,
         "wall_time_s": wall_times,
     }
 
 
-def _view_comparisons(per_seed) -> List[dict]:
+def _gains(per_seed, round_index: int, iou_type: str) -> List[float]:
+    gains = []
+    for data in per_seed.values():
+        ap = data["rounds"][round_index - 1]["AP"][iou_type]
+        if ap["student"] is not None and ap["teacher"] is not None:
+            gains.append(ap["student"] - ap["teacher"])
+    return gains
+
+
+def _view_comparisons(per_seed, iou_type: str) -> List[dict]:
     """Per seed with single-view labels: label AP and student AP (None without the single-view
     student), multi-view vs single-view."""
     comparisons = []
@@ -167,7 +273,7 @@ def _view_comparisons(per_seed) -> List[dict]:
         comparisons.append(
             {
                 "seed": seed,
-                "label_AP": [multi["keypoints"]["AP"], single["keypoints"]["AP"]],
+                "label_AP": [multi[iou_type]["AP"], single[iou_type]["AP"]],
                 "student_AP": [m["AP"] for m in students] if all(students) else None,
             }
         )
@@ -178,11 +284,45 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _heads_of(report: dict) -> List[str]:
+    # Reports written before the per-head figures are of keypoint models.
+    return report.get("heads") or list(KEYPOINT_IOU_TYPES)
+
+
+def _round_lines(report: dict) -> List[str]:
+    heads = _heads_of(report)
+    lines = [
+        "",
+        "AP of every head, round by round (round r's teacher is round r - 1's student; labels: "
+        "AP of the generated labels against the true labels).",
+        "",
+        "| seed | round | head | teacher | labels | student | student - teacher |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for seed, data in report["per_seed"].items():
+        for entry in data.get("rounds", ()):
+            for t in heads:
+                ap = entry["AP"][t]
+                gain = (
+                    f"{ap['student'] - ap['teacher']:+.2f}"
+                    if ap["student"] is not None and ap["teacher"] is not None
+                    else "-"
+                )
+                lines.append(
+                    f"| {seed} | {entry['round']} | {HEAD_NAMES[t]} | {_fmt(ap['teacher'])} "
+                    f"| {_fmt(ap['labels'])} | {_fmt(ap['student'])} | {gain} |"
+                )
+    return lines
+
+
 def report_markdown(report: dict) -> str:
+    heads = _heads_of(report)
+    main = HEAD_NAMES[heads[-1]]
     lines = [f"# Data distillation report ({report['eval_dataset']})", ""]
     seeds = report["seeds"]
     lines += [
-        f"Keypoint AP on {report['eval_dataset']} (COCO evaluator), seeds {', '.join(seeds)}.",
+        f"{main.capitalize()} AP on {report['eval_dataset']} (COCO evaluator), "
+        f"seeds {', '.join(seeds)}.",
         "",
     ]
     lines += [
@@ -192,7 +332,7 @@ def report_markdown(report: dict) -> str:
     for seed, data in report["per_seed"].items():
         for row, metrics in data["models"].items():
             values = [_fmt(metrics and metrics[m]) for m in METRICS]
-            lines.append(f"| {seed} | {MODEL_ROWS[row]} | " + " | ".join(values) + " |")
+            lines.append(f"| {seed} | {model_row_title(row)} | " + " | ".join(values) + " |")
     summary = report["summary"]
     if summary["student_minus_teacher_AP"]:
         lines += [
@@ -208,31 +348,36 @@ def report_markdown(report: dict) -> str:
         )
         lines += [
             "",
-            f"Multi-view against single-view labels (seed {c['seed']}): label keypoint AP "
+            f"Multi-view against single-view labels (seed {c['seed']}): label {main} AP "
             f"{_fmt(c['label_AP'][0])} vs {_fmt(c['label_AP'][1])}{student_text}.",
         ]
+    lines += _round_lines(report)
     label_rows = [
         (seed, row, q) for seed, d in report["per_seed"].items() for row, q in d["labels"].items()
     ]
     if label_rows:
+        # The main head first, as before the per-head figures: keypoint AP, then box AP.
+        columns = list(reversed(heads))
         lines += ["", "Label quality: AP of the generated labels against the true labels.", ""]
         lines += [
-            "| seed | labels | keypoint AP | box AP | labels | images |",
-            "|---|---|---:|---:|---:|---:|",
+            "| seed | labels | "
+            + " | ".join(f"{HEAD_NAMES[t]} AP" for t in columns)
+            + " | labels | images |",
+            "|---|---|" + "---:|" * (len(columns) + 2),
         ]
         for seed, row, q in label_rows:
             if q is None:
-                lines.append(f"| {seed} | {LABEL_ROWS[row]} | - | - | - | - |")
+                values = ["-"] * (len(columns) + 2)
             else:
-                lines.append(
-                    f"| {seed} | {LABEL_ROWS[row]} | {_fmt(q['keypoints']['AP'])} "
-                    f"| {_fmt(q['bbox']['AP'])} "
-                    f"| {q['labels']} | {q['images']} |"
-                )
+                values = [_fmt(_ap(q.get(t))) for t in columns] + [
+                    str(q["labels"]),
+                    str(q["images"]),
+                ]
+            lines.append(f"| {seed} | {label_row_title(row)} | " + " | ".join(values) + " |")
     for seed, data in report["per_seed"].items():
         curve = data["teacher_curve"]
         if len(curve) > 1:
-            lines += ["", f"Teacher keypoint AP during training (seed {seed}): "]
+            lines += ["", f"Teacher {main} AP during training (seed {seed}): "]
             lines.append(", ".join(f"iter {c['iterations_done']}: {_fmt(c['AP'])}" for c in curve))
     lines += ["", "| stage | wall time (s) |", "|---|---:|"]
     lines += [f"| {name} | {t:.0f} |" for name, t in report["wall_time_s"].items()]
@@ -242,23 +387,56 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _chart(report: dict, path: str) -> None:
-    rows = [
-        row for row in MODEL_ROWS if any(row in d["models"] for d in report["per_seed"].values())
-    ]
-    fig = new_figure((1.6 + 1.3 * len(rows), 3.6))
-    ax = fig.add_subplot(1, 1, 1)
-    for i, row in enumerate(rows):
+# Bar colours of the chart: a round's teacher, its labels, its student; ablations.
+_COLOURS = {"teacher": "#999999", "labels": "#dd8452", "student": "#4c72b0", "other": "#55a868"}
+
+
+def _bars(report: dict, iou_type: str) -> List[tuple]:
+    """(caption, colour, AP per seed) of the chart's bars for one head: every round's teacher,
+    labels and student side by side, then the ablations' models."""
+    per_seed = list(report["per_seed"].values())
+    bars = []
+    for r in range(1, report.get("rounds", 1) + 1):
+        for part in ("teacher", "labels", "student"):
+            values = []
+            for d in per_seed:
+                entries = d.get("rounds", ())
+                if len(entries) >= r and entries[r - 1]["AP"][iou_type][part] is not None:
+                    values.append(entries[r - 1]["AP"][iou_type][part])
+            if values:
+                bars.append((f"round {r}\n{part}", _COLOURS[part], values))
+    in_rounds = {e[k] for d in per_seed for e in d.get("rounds", ()) for k in ("teacher", "student")}
+    for row in MODEL_ROWS:
+        if row in in_rounds:
+            continue
         values = [
-            d["models"][row]["AP"] for d in report["per_seed"].values() if d["models"].get(row)
+            _ap(d["model_heads"][row].get(iou_type))
+            for d in per_seed
+            if row in d.get("model_heads", {}) and _ap(d["model_heads"][row].get(iou_type))
+            is not None
         ]
         if values:
-            ax.bar(i, sum(values) / len(values), color="#4c72b0" if row != TEACHER else "#999999")
+            bars.append((MODEL_ROWS[row].replace(" (", "\n("), _COLOURS["other"], values))
+    return bars
+
+
+def _chart(report: dict, path: str) -> None:
+    heads = _heads_of(report)
+    panels = [(t, _bars(report, t)) for t in reversed(heads)]
+    width = max(len(bars) for _, bars in panels) if panels else 1
+    fig = new_figure((1.6 + 0.9 * width, 3.2 * len(panels)))
+    for index, (iou_type, bars) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, index + 1)
+        for i, (_, colour, values) in enumerate(bars):
+            ax.bar(i, sum(values) / len(values), color=colour)
             ax.scatter([i] * len(values), values, color="black", s=10, zorder=3)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([MODEL_ROWS[r].replace(" (", "\n(") for r in rows], fontsize=7)
-    ax.set_ylabel(f"keypoint AP, {report['eval_dataset']}")
-    ax.set_title("Data distillation: mean over seeds (dots: each seed)", fontsize=9)
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels([caption for caption, _, _ in bars], fontsize=7)
+        ax.set_ylabel(f"{HEAD_NAMES[iou_type]} AP, {report['eval_dataset']}", fontsize=8)
+        if index == 0:
+            ax.set_title(
+                "Data distillation, round by round: mean over seeds (dots: each seed)", fontsize=9
+            )
     write_atomic(path, png_bytes(fig, dpi=120))
 
 
