@@ -468,7 +468,29 @@ def test_generated_json_with_no_images(tmp_path):
 
 
 def test_generated_json_without_keypoints(tmp_path):
-    path = write_toy_keypoints(str(tmp_path), 3, seed=4, keypoints=False)
+    """Box labels load (a box or mask student's); a keypoint student refuses them, naming the
+    key and the file."""
+    labeled = register_toy_labeled(str(tmp_path / "lab"), 4, seed=1)
+    path = write_toy_keypoints(str(tmp_path / "gen"), 3, seed=4, keypoints=False)
+    cfg = student_cfg(labeled, [path])
+    register_path_datasets(cfg)
+    assert all("keypoints" not in a for r in DatasetCatalog.get(path) for a in r["annotations"])
+    with pytest.raises(
+        ValueError,
+        match=rf"GENERATED_DATASETS=.*\(file {re.escape(path)}\): an annotation of image 1 has no "
+        "'keypoints'",
+    ):
+        build_ratio_train_loader(cfg, seed=0)
+    cfg.MODEL.KEYPOINT_ON = False  # a box student trains on them
+    assert len(next(iter(build_ratio_train_loader(cfg, seed=0)))) == 5
+
+
+def test_generated_json_with_keypoints_on_some_annotations(tmp_path):
+    path = write_toy_keypoints(str(tmp_path), 3, seed=4)
+    with open(path) as f:
+        data = json.load(f)
+    del data["annotations"][1]["keypoints"]
+    _write_json(path, data)
     register_path_datasets(student_cfg("unused", [path]))
     with pytest.raises(ValueError, match=rf"{path}: an annotation of image 1 has no 'keypoints'"):
         DatasetCatalog.get(path)

@@ -3,6 +3,7 @@ from . import datasets  # noqa: F401
 from .datasets import (
     datasets_root,
     ensure_dataset_ready,
+    register_generated,
     register_generated_keypoints,
     register_path_datasets,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "build_ratio_train_loader",
     "datasets_root",
     "ensure_dataset_ready",
+    "register_generated",
     "register_generated_keypoints",
     "register_path_datasets",
 ]

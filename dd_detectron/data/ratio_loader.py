@@ -17,19 +17,19 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.data.build import filter_images_with_few_keypoints
 from detectron2.data import (
     DatasetCatalog,
     DatasetFromList,
     DatasetMapper,
     MapDataset,
-    MetadataCatalog,
     build_batch_data_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.utils import comm
 from torch.utils.data.sampler import Sampler
 
-from .datasets.generated import check_keypoint_length
+from .head_checks import check_head_data
 
 __all__ = [
     "SOURCE_KEY",
@@ -281,19 +281,19 @@ def _ratio_loader_from_config(cfg, mapper=None, *, labeled_dataset=None, generat
     if generated_dataset is None:
         names = _generated_names(cfg)
         try:
-            generated_dataset = get_detection_dataset_dicts(
-                names, filter_empty=filter_empty, min_keypoints=min_keypoints
-            )
+            # Keypoints filtered after the head checks: labels without keypoints for a keypoint
+            # student get an error that says so, not detectron2's "no valid data".
+            generated_dataset = get_detection_dataset_dicts(names, filter_empty=filter_empty)
         except AssertionError as e:  # detectron2's "empty" / "no valid data" checks
             raise ValueError(f"DD.STUDENT.GENERATED_DATASETS={tuple(names)}: {e}") from e
-        if cfg.MODEL.KEYPOINT_ON:
-            keypoint_names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("keypoint_names")
-            if keypoint_names:
-                check_keypoint_length(
-                    generated_dataset,
-                    len(keypoint_names),
-                    f"DD.STUDENT.GENERATED_DATASETS={tuple(names)}",
-                )
+        check_head_data(cfg, generated_dataset, "DD.STUDENT.GENERATED_DATASETS", names)
+        if min_keypoints > 0:
+            generated_dataset = filter_images_with_few_keypoints(generated_dataset, min_keypoints)
+    if cfg.MODEL.MASK_ON:
+        # Only masks: detectron2 reads the labeled keypoints as it always did.
+        check_head_data(
+            cfg, labeled_dataset, "DATASETS.TRAIN", tuple(cfg.DATASETS.TRAIN), keypoints=False
+        )
     if mapper is None:
         # Sets keypoint_hflip_indices from DATASETS.TRAIN's metadata, used for both sources.
         mapper = DatasetMapper(cfg, True)

@@ -1,13 +1,15 @@
-"""COCO box + keypoint evaluation that works with and without detectron2's compiled ops."""
+"""COCO evaluation of every head of the model (box, mask, keypoints) that works with and without
+detectron2's compiled ops."""
 
 import importlib.machinery
 import importlib.util
 
 from detectron2.evaluation import COCOEvaluator
 
+from ..annotation.heads import Heads
 from ..data.datasets import ensure_dataset_ready
 
-__all__ = ["build_keypoint_evaluator", "fast_coco_eval_available"]
+__all__ = ["build_coco_evaluator", "build_keypoint_evaluator", "fast_coco_eval_available"]
 
 
 def fast_coco_eval_available() -> bool:
@@ -25,10 +27,12 @@ def fast_coco_eval_available() -> bool:
 
 
 def build_keypoint_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCOEvaluator:
-    """A COCOEvaluator for boxes and keypoints of ``dataset_name``.
+    """A COCOEvaluator of ``dataset_name`` for every head of the model: boxes, and masks and
+    keypoints as MODEL.MASK_ON / MODEL.KEYPOINT_ON say (a fixed keypoint task would fail on a
+    model without keypoint head).
 
     Args:
-        cfg: the run's config (TEST.KEYPOINT_OKS_SIGMAS is used).
+        cfg: the run's config (its heads; TEST.KEYPOINT_OKS_SIGMAS).
         dataset_name: a registered dataset with COCO-style metadata.
         output_dir: where the evaluator writes its predictions; None for no file.
 
@@ -39,9 +43,13 @@ def build_keypoint_evaluator(cfg, dataset_name: str, output_dir: str = None) -> 
     ensure_dataset_ready(dataset_name)
     return COCOEvaluator(
         dataset_name,
-        tasks=("bbox", "keypoints"),
+        tasks=Heads.from_cfg(cfg).iou_types,
         distributed=True,
         output_dir=output_dir,
         use_fast_impl=fast_coco_eval_available(),
         kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
     )
+
+
+# The name says what it is: an evaluator of every head, keypoints among them.
+build_coco_evaluator = build_keypoint_evaluator

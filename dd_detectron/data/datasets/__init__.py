@@ -6,7 +6,12 @@ from . import builtin  # noqa: F401
 from .builtin import datasets_root, register_all_builtin
 from .catalog import FOLDER_PREFIX, ensure_dataset_ready, register_path_datasets
 from .coco import PAPER_SPLITS, register_coco_unlabeled
-from .generated import BUILTIN_GENERATED, register_builtin_generated, register_generated_keypoints
+from .generated import (
+    BUILTIN_GENERATED,
+    register_builtin_generated,
+    register_generated,
+    register_generated_keypoints,
+)
 from .image_folder import (
     BUILTIN_IMAGE_FOLDERS,
     register_builtin_image_folders,
@@ -23,6 +28,7 @@ __all__ = [
     "PAPER_SPLITS",
     "register_coco_unlabeled",
     "BUILTIN_GENERATED",
+    "register_generated",
     "register_generated_keypoints",
     "register_builtin_generated",
     "BUILTIN_IMAGE_FOLDERS",

@@ -3,8 +3,9 @@
 A config names datasets by registered name, or by path:
 
     "folder:<path>"   a folder of unlabeled images (image_folder.py), e.g. in DD.ANNOTATE.DATASETS
-    "<path>.json"     a COCO person-keypoints file as the annotation stage writes it
-                      (generated.py), e.g. in DD.STUDENT.GENERATED_DATASETS
+    "<path>.json"     a COCO file as the annotation stage writes it (boxes, with masks and
+                      keypoints as the teacher's heads; generated.py), e.g. in
+                      DD.STUDENT.GENERATED_DATASETS
 
 ``register_path_datasets(cfg)`` registers every such entry under exactly the name written; every
 tool's ``setup`` calls it (tools/train_net.py, tools/annotate_net.py, tools/benchmark.py), so a
@@ -19,7 +20,7 @@ from typing import List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from .generated import register_generated_keypoints
+from .generated import register_generated
 from .image_folder import register_image_folder
 
 __all__ = [
@@ -88,7 +89,7 @@ def register_path_datasets(cfg) -> List[str]:
             if kind == "folder":
                 register_image_folder(name, path)
             else:
-                register_generated_keypoints(name, path)
+                register_generated(name, path)
             new.append(name)
     if new:
         logger.info("Registered the datasets named by path: %s", new)

@@ -1,18 +1,21 @@
 """
-Generated keypoint labels (the annotation stage's COCO-format JSON) as detectron2 datasets.
+Generated labels (the annotation stage's COCO-format JSON) as detectron2 datasets.
 
-A generated file is an ordinary COCO person-keypoints JSON: ``images``, ``categories`` and
-``annotations`` that all carry ``keypoints`` (x, y, v per keypoint). Its image ``file_name``
-entries are joined to an image root with ``os.path.join``; detectron2's ``convert_to_coco_dict``
-writes the dataset dicts' ``file_name`` as they are (already joined with their own root), so the
-generated files use an empty image root: file names are absolute or relative to the working
-directory, as in the dataset that was annotated.
+A generated file is an ordinary COCO JSON: ``images``, ``categories`` and ``annotations`` with
+a box each, and, as the teacher's heads gave them, a ``segmentation`` (RLE) and ``keypoints``
+(x, y, v per keypoint). Which heads the student trains is checked against its model where the
+records are used (data/head_checks.py); the file itself is checked for what holds whatever the
+model: images, annotations, and keypoints of one length on all annotations or on none. Its image
+``file_name`` entries are joined to an image root with ``os.path.join``; detectron2's
+``convert_to_coco_dict`` writes the dataset dicts' ``file_name`` as they are (already joined
+with their own root), so the generated files use an empty image root: file names are absolute or
+relative to the working directory, as in the dataset that was annotated.
 
 Three ways to name generated data in ``DD.STUDENT.GENERATED_DATASETS``:
 
 - the builtin names of ``BUILTIN_GENERATED`` below, whose files lie under
   ``$DETECTRON2_DATASETS/dd_generated/`` (registered by builtin.py);
-- any name registered with :func:`register_generated_keypoints`;
+- any name registered with :func:`register_generated`;
 - a path ending in ``.json``: registered under exactly that name by
   ``register_path_datasets(cfg)`` (catalog.py), which the tools' setup calls.
 
@@ -32,8 +35,10 @@ from detectron2.utils.file_io import PathManager
 __all__ = [
     "GeneratedSplit",
     "BUILTIN_GENERATED",
+    "register_generated",
     "register_generated_keypoints",
     "register_builtin_generated",
+    "load_generated",
     "load_generated_keypoints",
     "check_keypoint_length",
 ]
@@ -119,10 +124,10 @@ def check_keypoint_length(
     return num_keypoints or 0
 
 
-def load_generated_keypoints(
+def load_generated(
     json_file: str, image_root: str = "", dataset_name: Optional[str] = None
 ) -> List[dict]:
-    """Load and check a generated keypoint JSON.
+    """Load and check a generated COCO JSON, of any heads.
 
     Args:
         json_file: the COCO-format file written by the annotation stage.
@@ -130,16 +135,17 @@ def load_generated_keypoints(
         dataset_name: registered name; its metadata gets thing_classes as for COCO.
 
     Returns:
-        detectron2 dataset dicts, each annotation with ``keypoints``.
+        detectron2 dataset dicts.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not readable as COCO, has no images or no annotations, or an
-            annotation lacks keypoints; the message names the file.
+        ValueError: the file is not readable as COCO, has no images or no annotations, or some
+            annotations have keypoints and others none or another count; the message names the
+            file.
     """
     if not PathManager.isfile(json_file):
         raise FileNotFoundError(
-            f"Generated keypoint file {json_file} (dataset {dataset_name!r}) does not exist; write "
+            f"Generated label file {json_file} (dataset {dataset_name!r}) does not exist; write "
             "it with the annotation stage (tools/annotate_net.py) or fix "
             "DD.STUDENT.GENERATED_DATASETS."
         )
@@ -147,23 +153,25 @@ def load_generated_keypoints(
         dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(
-            f"{json_file}: not a COCO keypoint file detectron2 can read ({type(e).__name__}: {e})"
+            f"{json_file}: not a COCO file detectron2 can read ({type(e).__name__}: {e})"
         ) from e
     if len(dataset_dicts) == 0:
         raise ValueError(f"{json_file}: the generated dataset {dataset_name!r} has no images.")
     if not any(record.get("annotations") for record in dataset_dicts):
         raise ValueError(
             f"{json_file}: the generated dataset {dataset_name!r} has {len(dataset_dicts)} images "
-            "but no annotations, so no keypoints."
+            "but no annotations."
         )
-    check_keypoint_length(dataset_dicts, None, json_file)
+    # Keypoint labels: on every annotation, of one length (a keypoint teacher's file).
+    if any("keypoints" in ann for record in dataset_dicts for ann in record.get("annotations", ())):
+        check_keypoint_length(dataset_dicts, None, json_file)
     return dataset_dicts
 
 
-def register_generated_keypoints(
+def register_generated(
     name: str, json_file: str, image_root: str = "", metadata: Optional[dict] = None
 ) -> None:
-    """Register a generated keypoint JSON as a detectron2 dataset (read lazily, checked then).
+    """Register a generated COCO JSON as a detectron2 dataset (read lazily, checked then).
 
     Args:
         name: the dataset name to register.
@@ -172,10 +180,15 @@ def register_generated_keypoints(
             detectron2's ``convert_to_coco_dict`` (see the module docstring).
         metadata: extra metadata (e.g. keypoint_names, keypoint_flip_map).
     """
-    DatasetCatalog.register(name, lambda: load_generated_keypoints(json_file, image_root, name))
+    DatasetCatalog.register(name, lambda: load_generated(json_file, image_root, name))
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **(metadata or {})
     )
+
+
+# The names from when generated labels were keypoints only.
+load_generated_keypoints = load_generated
+register_generated_keypoints = register_generated
 
 
 def register_builtin_generated(
@@ -196,6 +209,6 @@ def register_builtin_generated(
         metadata = {}
         if split.coco_person_keypoints:
             metadata = {key: coco_person[key] for key in _KEYPOINT_METADATA_KEYS}
-        register_generated_keypoints(split.name, os.path.join(root, split.json_file), "", metadata)
+        register_generated(split.name, os.path.join(root, split.json_file), "", metadata)
         names.append(split.name)
     return names
