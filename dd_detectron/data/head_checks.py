@@ -61,7 +61,7 @@ def check_head_data(
         if rle and cfg.INPUT.MASK_FORMAT != "bitmask":
             raise ValueError(
                 f"{_where(key, names)} holds RLE masks (the annotation stage writes its masks "
-                f"as RLE), which detectron2 trains only with INPUT.MASK_FORMAT \"bitmask\"; got "
+                f'as RLE), which detectron2 trains only with INPUT.MASK_FORMAT "bitmask"; got '
                 f"{cfg.INPUT.MASK_FORMAT!r}. Set INPUT.MASK_FORMAT bitmask (polygons train as "
                 "bitmasks too)."
             )

@@ -17,7 +17,6 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.data.build import filter_images_with_few_keypoints
 from detectron2.data import (
     DatasetCatalog,
     DatasetFromList,
@@ -26,6 +25,7 @@ from detectron2.data import (
     build_batch_data_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.data.build import filter_images_with_few_keypoints
 from detectron2.utils import comm
 from torch.utils.data.sampler import Sampler
 

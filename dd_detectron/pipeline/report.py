@@ -405,15 +405,17 @@ def _bars(report: dict, iou_type: str) -> List[tuple]:
                     values.append(entries[r - 1]["AP"][iou_type][part])
             if values:
                 bars.append((f"round {r}\n{part}", _COLOURS[part], values))
-    in_rounds = {e[k] for d in per_seed for e in d.get("rounds", ()) for k in ("teacher", "student")}
+    in_rounds = {
+        e[k] for d in per_seed for e in d.get("rounds", ()) for k in ("teacher", "student")
+    }
     for row in MODEL_ROWS:
         if row in in_rounds:
             continue
         values = [
             _ap(d["model_heads"][row].get(iou_type))
             for d in per_seed
-            if row in d.get("model_heads", {}) and _ap(d["model_heads"][row].get(iou_type))
-            is not None
+            if row in d.get("model_heads", {})
+            and _ap(d["model_heads"][row].get(iou_type)) is not None
         ]
         if values:
             bars.append((MODEL_ROWS[row].replace(" (", "\n("), _COLOURS["other"], values))
