@@ -434,10 +434,12 @@ def _chart(report: dict, path: str) -> None:
             ax.scatter([i] * len(values), values, color="black", s=10, zorder=3)
         ax.set_xticks(range(len(bars)))
         ax.set_xticklabels([caption for caption, _, _ in bars], fontsize=7)
-        ax.set_ylabel(f"{HEAD_NAMES[iou_type]} AP, {report['eval_dataset']}", fontsize=8)
+        ax.set_ylabel(f"{HEAD_NAMES[iou_type]} AP", fontsize=8)
         if index == 0:
             ax.set_title(
-                "Data distillation, round by round: mean over seeds (dots: each seed)", fontsize=9
+                f"Data distillation, round by round: models on {report['eval_dataset']}, labels "
+                "against the true labels;\nmean over seeds (dots: each seed)",
+                fontsize=8,
             )
     write_atomic(path, png_bytes(fig, dpi=120))
 
