@@ -282,6 +282,19 @@ def test_clear_errors_for_data_the_heads_cannot_train_on(tmp_path):
     assert len(next(iter(build_ratio_train_loader(box, seed=0)))) == 2
 
 
+def test_mask_pipeline_refuses_a_polygon_student_before_any_stage(tmp_path, monkeypatch):
+    from dd_detectron.pipeline.plan import build_stages, load_stage_config
+
+    monkeypatch.chdir(tmp_path)
+    config = _pipeline_configs(tmp_path)
+    student = Path(config).parent / "student.yaml"
+    student.write_text(student.read_text() + "INPUT:\n  MASK_FORMAT: polygon\n")
+    with pytest.raises(
+        ValueError, match=r"STUDENT_CONFIG: a mask student .* INPUT\.MASK_FORMAT \"bitmask\""
+    ):
+        build_stages(load_stage_config(config), str(Path(config).parent))
+
+
 def test_evaluator_evaluates_every_head_of_the_model(tmp_path):
     val = _by_path(tmp_path / "val", 2, 1, [[0], [1]])
     name = f"dd_test_eval_{uuid.uuid4().hex[:8]}"

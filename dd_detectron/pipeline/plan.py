@@ -136,7 +136,8 @@ def check_student_heads(teacher_cfg, student_cfg, rounds: int = 1) -> None:
 
     Raises:
         ValueError: the student has a head the teacher's labels cannot train (a mask or keypoint
-            head of a teacher without it); with rounds > 1, the two configs' MODEL nodes differ
+            head of a teacher without it); a mask student without INPUT.MASK_FORMAT "bitmask"
+            (the labels' masks are RLE); with rounds > 1, the two configs' MODEL nodes differ
             (MODEL.WEIGHTS aside). The message names the keys.
     """
     missing = set(_heads(student_cfg)) - set(_heads(teacher_cfg))
@@ -146,6 +147,14 @@ def check_student_heads(teacher_cfg, student_cfg, rounds: int = 1) -> None:
             f"DD.PIPELINE.STUDENT_CONFIG asks for {sorted(missing)} labels "
             f"({', '.join(keys[m] for m in sorted(missing))} True), which the teacher "
             "(DD.PIPELINE.TEACHER_CONFIG) cannot label: give both configs the same heads."
+        )
+    if student_cfg.MODEL.MASK_ON and student_cfg.INPUT.MASK_FORMAT != "bitmask":
+        # Found here, not at the student's first batch after hours of teacher and labels.
+        raise ValueError(
+            "DD.PIPELINE.STUDENT_CONFIG: a mask student trains on the teacher's RLE masks, which "
+            'detectron2 reads only with INPUT.MASK_FORMAT "bitmask"; got '
+            f"{student_cfg.INPUT.MASK_FORMAT!r}. Set INPUT.MASK_FORMAT bitmask in the student "
+            "config (polygons train as bitmasks too)."
         )
     if rounds > 1:
         teacher_model, student_model = teacher_cfg.MODEL.clone(), student_cfg.MODEL.clone()
