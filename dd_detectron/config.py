@@ -106,7 +106,7 @@ def add_dd_config(cfg: CN) -> None:
     # ---------------------------------------------------------------------------------------
     _C.DD.STUDENT = CN()
     # Generated labels: registered dataset names (see data/datasets/generated.py, or
-    # register_generated_keypoints) or paths ending in ".json" (registered under that name by
+    # register_generated) or paths ending in ".json" (registered under that name by
     # register_path_datasets, in the tools' setup); empty = ordinary training on DATASETS.TRAIN.
     # Non-empty = student training with the ratio loader.
     _C.DD.STUDENT.GENERATED_DATASETS = ()

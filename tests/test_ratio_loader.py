@@ -30,7 +30,7 @@ from detectron2.utils.events import EventStorage
 from dd_detectron import add_dd_config
 from dd_detectron.data import (
     build_ratio_train_loader,
-    register_generated_keypoints,
+    register_generated,
     register_path_datasets,
 )
 from dd_detectron.data.ratio_loader import SOURCE_KEY, RatioPlan, SourceSlotSampler
@@ -462,7 +462,7 @@ def test_generated_json_with_no_images(tmp_path):
         {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]},
     )
     name = f"gen_{uuid.uuid4().hex[:8]}"
-    register_generated_keypoints(name, path)
+    register_generated(name, path)
     with pytest.raises(ValueError, match=rf"{path}: the generated dataset '{name}' has no images"):
         DatasetCatalog.get(name)
 

@@ -4,7 +4,6 @@ from .datasets import (
     datasets_root,
     ensure_dataset_ready,
     register_generated,
-    register_generated_keypoints,
     register_path_datasets,
 )
 from .ratio_loader import build_ratio_train_loader
@@ -14,6 +13,5 @@ __all__ = [
     "datasets_root",
     "ensure_dataset_ready",
     "register_generated",
-    "register_generated_keypoints",
     "register_path_datasets",
 ]

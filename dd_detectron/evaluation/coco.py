@@ -9,7 +9,7 @@ from detectron2.evaluation import COCOEvaluator
 from ..annotation.heads import Heads
 from ..data.datasets import ensure_dataset_ready
 
-__all__ = ["build_coco_evaluator", "build_keypoint_evaluator", "fast_coco_eval_available"]
+__all__ = ["build_keypoint_evaluator", "fast_coco_eval_available"]
 
 
 def fast_coco_eval_available() -> bool:
@@ -49,7 +49,3 @@ def build_keypoint_evaluator(cfg, dataset_name: str, output_dir: str = None) -> 
         use_fast_impl=fast_coco_eval_available(),
         kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS,
     )
-
-
-# The name says what it is: an evaluator of every head, keypoints among them.
-build_coco_evaluator = build_keypoint_evaluator

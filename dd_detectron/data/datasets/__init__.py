@@ -10,7 +10,6 @@ from .generated import (
     BUILTIN_GENERATED,
     register_builtin_generated,
     register_generated,
-    register_generated_keypoints,
 )
 from .image_folder import (
     BUILTIN_IMAGE_FOLDERS,
@@ -29,7 +28,6 @@ __all__ = [
     "register_coco_unlabeled",
     "BUILTIN_GENERATED",
     "register_generated",
-    "register_generated_keypoints",
     "register_builtin_generated",
     "BUILTIN_IMAGE_FOLDERS",
     "register_image_folder",

@@ -36,10 +36,8 @@ __all__ = [
     "GeneratedSplit",
     "BUILTIN_GENERATED",
     "register_generated",
-    "register_generated_keypoints",
     "register_builtin_generated",
     "load_generated",
-    "load_generated_keypoints",
     "check_keypoint_length",
 ]
 
@@ -184,11 +182,6 @@ def register_generated(
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **(metadata or {})
     )
-
-
-# The names from when generated labels were keypoints only.
-load_generated_keypoints = load_generated
-register_generated_keypoints = register_generated
 
 
 def register_builtin_generated(
