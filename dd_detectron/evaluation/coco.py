@@ -1,13 +1,15 @@
-"""COCO box + keypoint evaluation that works with and without detectron2's compiled ops."""
+"""COCO evaluation of every head of an R-CNN (boxes, masks, keypoints) that works with and
+without detectron2's compiled ops."""
 
 import importlib.machinery
 import importlib.util
+from typing import Tuple
 
 from detectron2.evaluation import COCOEvaluator
 
 from ..data.datasets import ensure_dataset_ready
 
-__all__ = ["build_keypoint_evaluator", "fast_coco_eval_available"]
+__all__ = ["build_coco_evaluator", "coco_eval_tasks", "fast_coco_eval_available"]
 
 
 def fast_coco_eval_available() -> bool:
@@ -24,11 +26,22 @@ def fast_coco_eval_available() -> bool:
     )
 
 
-def build_keypoint_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCOEvaluator:
-    """A COCOEvaluator for boxes and keypoints of ``dataset_name``.
+def coco_eval_tasks(cfg) -> Tuple[str, ...]:
+    """The COCO tasks of a model's heads: "bbox", then "segm" with MODEL.MASK_ON and "keypoints"
+    with MODEL.KEYPOINT_ON."""
+    tasks = ("bbox",)
+    if cfg.MODEL.MASK_ON:
+        tasks += ("segm",)
+    if cfg.MODEL.KEYPOINT_ON:
+        tasks += ("keypoints",)
+    return tasks
+
+
+def build_coco_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCOEvaluator:
+    """A COCOEvaluator of ``dataset_name`` for every head of the model (``coco_eval_tasks``).
 
     Args:
-        cfg: the run's config (TEST.KEYPOINT_OKS_SIGMAS is used).
+        cfg: the run's config (MODEL.MASK_ON, MODEL.KEYPOINT_ON, TEST.KEYPOINT_OKS_SIGMAS).
         dataset_name: a registered dataset with COCO-style metadata.
         output_dir: where the evaluator writes its predictions; None for no file.
 
@@ -39,7 +52,7 @@ def build_keypoint_evaluator(cfg, dataset_name: str, output_dir: str = None) -> 
     ensure_dataset_ready(dataset_name)
     return COCOEvaluator(
         dataset_name,
-        tasks=("bbox", "keypoints"),
+        tasks=coco_eval_tasks(cfg),
         distributed=True,
         output_dir=output_dir,
         use_fast_impl=fast_coco_eval_available(),
