@@ -7,6 +7,7 @@ from .builtin import datasets_root, register_all_builtin
 from .catalog import FOLDER_PREFIX, ensure_dataset_ready, register_path_datasets
 from .coco import PAPER_SPLITS, register_coco_unlabeled
 from .generated import BUILTIN_GENERATED, register_builtin_generated, register_generated_keypoints
+from .generated_instances import register_generated_instances
 from .image_folder import (
     BUILTIN_IMAGE_FOLDERS,
     register_builtin_image_folders,
@@ -24,6 +25,7 @@ __all__ = [
     "register_coco_unlabeled",
     "BUILTIN_GENERATED",
     "register_generated_keypoints",
+    "register_generated_instances",
     "register_builtin_generated",
     "BUILTIN_IMAGE_FOLDERS",
     "register_image_folder",

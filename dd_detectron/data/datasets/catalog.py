@@ -3,8 +3,9 @@
 A config names datasets by registered name, or by path:
 
     "folder:<path>"   a folder of unlabeled images (image_folder.py), e.g. in DD.ANNOTATE.DATASETS
-    "<path>.json"     a COCO person-keypoints file as the annotation stage writes it
-                      (generated.py), e.g. in DD.STUDENT.GENERATED_DATASETS
+    "<path>.json"     a COCO file as the annotation stage writes it, e.g. in
+                      DD.STUDENT.GENERATED_DATASETS: keypoint labels (generated.py) for a
+                      keypoint model, box / mask labels (generated_instances.py) for others
 
 ``register_path_datasets(cfg)`` registers every such entry under exactly the name written; every
 tool's ``setup`` calls it (tools/train_net.py, tools/annotate_net.py, tools/benchmark.py), so a
@@ -20,6 +21,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
 from .generated import register_generated_keypoints
+from .generated_instances import register_generated_instances
 from .image_folder import register_image_folder
 
 __all__ = [
@@ -87,8 +89,10 @@ def register_path_datasets(cfg) -> List[str]:
                 )
             if kind == "folder":
                 register_image_folder(name, path)
-            else:
+            elif cfg.MODEL.KEYPOINT_ON:
                 register_generated_keypoints(name, path)
+            else:  # a box or mask model learns from (and is checked against) its own kind
+                register_generated_instances(name, path, mask=bool(cfg.MODEL.MASK_ON))
             new.append(name)
     if new:
         logger.info("Registered the datasets named by path: %s", new)
