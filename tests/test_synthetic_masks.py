@@ -4,6 +4,7 @@ keypoint data unchanged by them, old splits without masks redone, detectron2 rea
 import dataclasses
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -129,7 +130,15 @@ def test_split_without_masks_is_regenerated(tmp_path, monkeypatch):
     with open(files.json_file, "w") as f:
         json.dump(old, f)
     assert not syn.is_split_complete(spec, root)
+    images = sorted(os.listdir(files.image_root))
+    stamps = [os.stat(os.path.join(files.image_root, n)).st_mtime_ns for n in images]
+    os.utime(os.path.join(files.image_root, images[0]), ns=(0, 0))  # would show a rewrite
     syn.ensure_split(spec, root)
+    # Same images, so their files were not rewritten (an older run may be reading them).
+    assert os.stat(os.path.join(files.image_root, images[0])).st_mtime_ns == 0
+    assert [os.stat(os.path.join(files.image_root, n)).st_mtime_ns for n in images[1:]] == stamps[
+        1:
+    ]
     new = json.loads(open(files.json_file).read())
     assert new["info"]["version"] == syn.GENERATOR_VERSION != "1"
     assert all("segmentation" in a for a in new["annotations"])

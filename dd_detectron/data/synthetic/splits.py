@@ -257,6 +257,19 @@ def _encode(spec: SyntheticSplit, img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _write_unless_same(path: str, data: bytes) -> None:
+    # A split redone for a new GENERATOR_VERSION mostly has the same images: their files are left
+    # alone, so a process reading them meanwhile (an older run) never sees one half written.
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    except FileNotFoundError:
+        pass
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def _coco_json(
     spec: SyntheticSplit, images: List[dict], annotations: Optional[List[dict]]
 ) -> bytes:
@@ -310,8 +323,7 @@ def generate_split(spec: SyntheticSplit, root: str) -> SplitFiles:
         img, anns = render_synthetic_image(spec, index)
         image_id = index + 1
         file_name = f"{image_id:06d}.{spec.image_format}"
-        with open(os.path.join(files.image_root, file_name), "wb") as f:
-            f.write(_encode(spec, img))
+        _write_unless_same(os.path.join(files.image_root, file_name), _encode(spec, img))
         images.append(
             {"id": image_id, "file_name": file_name, "width": img.shape[1], "height": img.shape[0]}
         )
