@@ -97,6 +97,7 @@ def test_builtin_datasets_lie_under_one_root(tmp_path):
 def _cfg(**names):
     cfg = get_cfg()
     add_dd_config(cfg)
+    cfg.MODEL.KEYPOINT_ON = True  # a ".json" then names keypoint labels (generated.py)
     for key, value in names.items():
         cfg.merge_from_list([key.replace("__", "."), tuple(value)])
     return cfg

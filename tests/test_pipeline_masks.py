@@ -22,7 +22,7 @@ from test_annotate_any_head import CATEGORIES, make_dataset
 from tiny_keypoint_rcnn import tiny_rcnn_cfg
 
 from dd_detectron.data import build_ratio_train_loader, register_generated
-from dd_detectron.evaluation import build_keypoint_evaluator
+from dd_detectron.evaluation import build_coco_evaluator
 from dd_detectron.pipeline.stages import STAGE_RECORD
 
 REPO = Path(__file__).resolve().parent.parent
@@ -305,5 +305,5 @@ def test_evaluator_evaluates_every_head_of_the_model(tmp_path):
         (True, True, ("bbox", "segm", "keypoints")),
     ):
         cfg = _mask_cfg(val, "MODEL.MASK_ON", mask, "MODEL.KEYPOINT_ON", keypoint)
-        assert build_keypoint_evaluator(cfg, name)._tasks == tasks
+        assert build_coco_evaluator(cfg, name)._tasks == tasks
     assert np.asarray(MetadataCatalog.get(name).thing_classes).tolist() == ["cat", "dog", "bird"]

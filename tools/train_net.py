@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 r"""
-Train or evaluate a Keypoint R-CNN with dd-detectron (teacher, student or oracle).
+Train or evaluate an R-CNN (keypoint, mask or box) with dd-detectron (teacher, student or oracle).
 
 Same interface as detectron2's tools/train_net.py:
 
@@ -9,9 +9,9 @@ Same interface as detectron2's tools/train_net.py:
     python tools/train_net.py --config-file CFG --num-gpus 8 SOLVER.IMS_PER_BATCH 16
     torchrun --nproc_per_node 8 tools/train_net.py --config-file CFG SOLVER.IMS_PER_BATCH 16
 
-Keypoint AP comes from detectron2's COCOEvaluator on DATASETS.TEST. With TEST.AUG.ENABLED True,
-the same evaluation runs once more through the multi-view keypoint ensembler (TEST.AUG views,
-DD.TTA settings), reported under "<task>_TTA":
+The AP of every head (boxes, masks, keypoints) comes from detectron2's COCOEvaluator on
+DATASETS.TEST. With TEST.AUG.ENABLED True, the same evaluation runs once more through the
+multi-view ensembler (TEST.AUG views, DD.TTA settings), reported under "<task>_TTA":
 
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS w.pth \
         TEST.AUG.ENABLED True

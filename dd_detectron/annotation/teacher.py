@@ -1,11 +1,10 @@
 """
 The teacher as the annotation stage runs it: the model behind the views of ``views_config``.
 
-- Keypoint models: the multi-view ensembler (``KeypointRCNNWithTTA``), which owns the
-  combination of views. With one view it is plain inference (tests/test_tta.py), so keypoint
-  labels do not depend on the path taken.
-- Models without a keypoint head, several views (TEST.AUG.ENABLED): the same ensembler for
-  boxes and masks (``RCNNWithTTA``; the keypoint one refuses them).
+- Keypoint models, and any model with several views (TEST.AUG.ENABLED): the multi-view
+  ensembler (``build_rcnn_tta``: ``KeypointRCNNWithTTA`` for keypoint models, ``RCNNWithTTA``
+  for box and mask models), which owns the combination of views. With one view it is plain
+  inference (tests/test_tta.py), so keypoint labels do not depend on the path taken.
 - Models without a keypoint head, single view (TEST.AUG.ENABLED False): ``SingleViewRCNN``,
   detectron2's own inference on the one view (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, no flip),
   whose outputs are detector_postprocess'ed to the image's size (hard ``pred_masks`` of the
@@ -17,7 +16,7 @@ from typing import List
 from detectron2.modeling import DatasetMapperTTA
 from torch import nn
 
-from ..modeling.test_time_augmentation import KeypointRCNNWithTTA, RCNNWithTTA
+from ..modeling.test_time_augmentation import build_rcnn_tta
 from .heads import Heads
 
 __all__ = ["SingleViewRCNN", "build_teacher"]
@@ -77,8 +76,6 @@ def build_teacher(cfg, model: nn.Module, heads: Heads) -> nn.Module:
         ValueError: heads and model disagree, or the ensembler refuses the model or views.
     """
     heads.check_model(model)
-    if heads.keypoint:
-        return KeypointRCNNWithTTA(cfg, model)  # checks the model and the views first
-    if cfg.TEST.AUG.ENABLED:
-        return RCNNWithTTA(cfg, model)
+    if heads.keypoint or cfg.TEST.AUG.ENABLED:
+        return build_rcnn_tta(cfg, model)  # checks the model and the views first
     return SingleViewRCNN(cfg, model)

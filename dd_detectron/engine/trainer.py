@@ -7,8 +7,8 @@ from collections import OrderedDict
 from detectron2.engine import DefaultTrainer
 
 from ..data import build_ratio_train_loader
-from ..evaluation import build_keypoint_evaluator
-from ..modeling.test_time_augmentation import KeypointRCNNWithTTA
+from ..evaluation import build_coco_evaluator
+from ..modeling.test_time_augmentation import build_rcnn_tta
 from .source_counting import SourceCountingLoader
 
 __all__ = ["DDTrainer"]
@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 class DDTrainer(DefaultTrainer):
-    """DefaultTrainer with keypoint COCO evaluation (compiled evaluator only where it exists).
+    """DefaultTrainer with COCO evaluation of every head of the model (boxes, masks, keypoints;
+    compiled evaluator only where it exists).
 
     With DD.STUDENT.GENERATED_DATASETS set it trains a student: labeled and generated images
     in every minibatch at DD.STUDENT.LABELED_FRACTION (see build_ratio_train_loader), and the
@@ -39,22 +40,23 @@ class DDTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_keypoint_evaluator(cfg, dataset_name, output_folder)
+        return build_coco_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
-        """Evaluate with the keypoint ensembler over TEST.AUG's views (as detectron2's
-        tools/train_net.py does with GeneralizedRCNNWithTTA, which refuses keypoint models).
+        """Evaluate the multi-view ensembler over TEST.AUG's views, every head of the model (as
+        detectron2's tools/train_net.py does with GeneralizedRCNNWithTTA, which refuses keypoint
+        models): ``build_rcnn_tta`` picks KeypointRCNNWithTTA or RCNNWithTTA.
 
         Args:
             cfg: the run's config.
-            model: the Keypoint R-CNN to ensemble.
+            model: the R-CNN (boxes, masks and/or keypoints) to ensemble.
 
         Returns:
             OrderedDict: the evaluation results, each dataset's key suffixed with "_TTA".
         """
         logger.info("Running inference with test-time augmentation ...")
-        tta_model = KeypointRCNNWithTTA(cfg, model)
+        tta_model = build_rcnn_tta(cfg, model)
         evaluators = [
             cls.build_evaluator(
                 cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)

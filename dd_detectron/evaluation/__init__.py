@@ -1,3 +1,3 @@
-from .coco import build_keypoint_evaluator, fast_coco_eval_available
+from .coco import build_coco_evaluator, fast_coco_eval_available
 
-__all__ = ["build_keypoint_evaluator", "fast_coco_eval_available"]
+__all__ = ["build_coco_evaluator", "fast_coco_eval_available"]

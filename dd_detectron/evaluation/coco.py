@@ -1,5 +1,5 @@
-"""COCO evaluation of every head of the model (box, mask, keypoints) that works with and without
-detectron2's compiled ops."""
+"""COCO evaluation of every head of an R-CNN (boxes, masks, keypoints) that works with and
+without detectron2's compiled ops."""
 
 import importlib.machinery
 import importlib.util
@@ -9,7 +9,7 @@ from detectron2.evaluation import COCOEvaluator
 from ..annotation.heads import Heads
 from ..data.datasets import ensure_dataset_ready
 
-__all__ = ["build_keypoint_evaluator", "fast_coco_eval_available"]
+__all__ = ["build_coco_evaluator", "fast_coco_eval_available"]
 
 
 def fast_coco_eval_available() -> bool:
@@ -26,13 +26,11 @@ def fast_coco_eval_available() -> bool:
     )
 
 
-def build_keypoint_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCOEvaluator:
-    """A COCOEvaluator of ``dataset_name`` for every head of the model: boxes, and masks and
-    keypoints as MODEL.MASK_ON / MODEL.KEYPOINT_ON say (a fixed keypoint task would fail on a
-    model without keypoint head).
+def build_coco_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCOEvaluator:
+    """A COCOEvaluator of ``dataset_name`` for every head of the model (``Heads.iou_types``).
 
     Args:
-        cfg: the run's config (its heads; TEST.KEYPOINT_OKS_SIGMAS).
+        cfg: the run's config (MODEL.MASK_ON, MODEL.KEYPOINT_ON, TEST.KEYPOINT_OKS_SIGMAS).
         dataset_name: a registered dataset with COCO-style metadata.
         output_dir: where the evaluator writes its predictions; None for no file.
 

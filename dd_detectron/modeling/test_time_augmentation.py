@@ -47,6 +47,7 @@ from .tta_reduce import (
 __all__ = [
     "RCNNWithTTA",
     "KeypointRCNNWithTTA",
+    "build_rcnn_tta",
     "ViewReducer",
     "HeatmapReducer",
     "MaskReducer",
@@ -657,3 +658,17 @@ class KeypointRCNNWithTTA(RCNNWithTTA):
             batch_size,
             keypoint_flip_indices=keypoint_flip_indices,
         )
+
+
+def build_rcnn_tta(cfg, model) -> RCNNWithTTA:
+    """The multi-view ensembler for an R-CNN of any heads: ``KeypointRCNNWithTTA`` when
+    MODEL.KEYPOINT_ON (it refuses a model without the keypoint head), else ``RCNNWithTTA``
+    (boxes, and masks with MODEL.MASK_ON).
+
+    Args:
+        cfg: the model's config with TEST.AUG's views and DD.TTA's settings.
+        model: a GeneralizedRCNN.
+    """
+    if cfg.MODEL.KEYPOINT_ON:
+        return KeypointRCNNWithTTA(cfg, model)
+    return RCNNWithTTA(cfg, model)

@@ -1,7 +1,7 @@
 """The embedded synthetic person-keypoint data: demo data, not part of the method.
 
-A generator of images of human-like figures with exact COCO person keypoints, and the splits it
-writes:
+A generator of images of human-like figures with exact COCO person keypoints and instance masks
+(of each person's visible pixels), and the splits it writes:
 
     render_config.py  RenderConfig, every knob of the generator
     figure.py         one figure: pose, appearance, drawable parts, true keypoints

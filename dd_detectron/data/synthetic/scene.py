@@ -1,8 +1,9 @@
 """One synthetic image: background, figures and distractors drawn back to front, annotated.
 
 Everything is drawn back to front together with distractor shapes into the image and into an
-id map (which figure part, or which distractor, owns every pixel). Visibility and areas are read
-from that id map, so they are exact for what was drawn.
+id map (which figure part, or which distractor, owns every pixel). Visibility, areas and instance
+masks are read from that id map, so they are exact for what was drawn: a person's mask holds the
+pixels where that person is the last thing drawn, without what later people or distractors hide.
 
 Coordinates as in figure.py: continuous image coordinates (pixel centres at i + 0.5) inside,
 pixel indices (continuous - 0.5) for OpenCV drawing and in the COCO keypoints written.
@@ -14,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_util
 
 from .figure import (
     _ALLOWED_PARTS,
@@ -37,6 +39,7 @@ __all__ = [
     "make_background",
     "render_scene",
     "render_image",
+    "encode_mask",
 ]
 
 # Id map value of every distractor pixel (figures use 1 + slot * _PARTS_PER_FIGURE + part id,
@@ -298,7 +301,8 @@ def render_scene(
         (image, annotations). One annotation dict per kept figure, in figure order, with
         "figure_index", "keypoints" (flat COCO list of 51: pixel-index x, y rounded to 2
         decimals, and v), "num_keypoints", "bbox" (XYWH, continuous coordinates), "area"
-        (visible silhouette pixels).
+        (visible silhouette pixels), "segmentation" (the visible silhouette as COCO compressed
+        RLE, ``{"size": [H, W], "counts": str}``; its area is "area").
     """
     if len(figures) * _PARTS_PER_FIGURE + 1 >= _DISTRACTOR_ID:
         raise ValueError(f"Too many figures for one image: {len(figures)}")
@@ -332,7 +336,8 @@ def _annotate(
         area = int(areas[i])
         if area < max(1, min_visible_area):
             continue
-        ys, xs = np.nonzero(slot == i)
+        visible = slot == i
+        ys, xs = np.nonzero(visible)
         x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
         kps: List[float] = []
         n_vis = 0
@@ -372,9 +377,17 @@ def _annotate(
                 "num_keypoints": n_vis,
                 "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                 "area": float(area),
+                "segmentation": encode_mask(visible),
             }
         )
     return annotations
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A binary (H, W) mask as COCO compressed RLE with str counts (JSON-ready), as COCO's files
+    and detectron2's ``INPUT.MASK_FORMAT: "bitmask"`` read it."""
+    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _photometric(rng: np.random.Generator, cfg: RenderConfig, img: np.ndarray) -> np.ndarray:

@@ -5,8 +5,10 @@ Every split is a deterministic function of its ``SyntheticSplit`` spec: image ``
 splits with different seeds share no image. Files live under ``<root>/synthetic_kp/``:
 
     <short>/000001.jpg ...          the images (short = name without "synthetic_kp_")
-    annotations/<name>.json         COCO person_keypoints JSON; for unlabeled splits it holds
-                                    images and categories only, like COCO's unlabeled2017 file
+    annotations/<name>.json         COCO person_keypoints JSON, every person also with the RLE
+                                    mask of its visible pixels (``segmentation``); for unlabeled
+                                    splits it holds images and categories only, like COCO's
+                                    unlabeled2017 file
     annotations/<name>_truth.json   unlabeled splits only: the true labels of the same images,
                                     registered as "<name>_truth" (label quality, oracle training)
 
@@ -68,8 +70,10 @@ COCO_PERSON_SKELETON = (
 )  # fmt: skip
 
 SYNTHETIC_SUBDIR = "synthetic_kp"
-# Part of every fingerprint: bump it when the drawing code changes, so old files are redone.
-GENERATOR_VERSION = "1"
+# Part of every fingerprint: bump it when the drawing code or the JSON's content changes, so old
+# files are redone. "2": every annotation has a mask (``segmentation``); pixels, keypoints, boxes
+# and ids are those of "1", so a version 1 split is rewritten with the same images.
+GENERATOR_VERSION = "2"
 TRUTH_SUFFIX = "_truth"
 _NAME_PREFIX = "synthetic_kp_"
 
@@ -253,6 +257,19 @@ def _encode(spec: SyntheticSplit, img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _write_unless_same(path: str, data: bytes) -> None:
+    # A split redone for a new GENERATOR_VERSION mostly has the same images: their files are left
+    # alone, so a process reading them meanwhile (an older run) never sees one half written.
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    except FileNotFoundError:
+        pass
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def _coco_json(
     spec: SyntheticSplit, images: List[dict], annotations: Optional[List[dict]]
 ) -> bytes:
@@ -306,8 +323,7 @@ def generate_split(spec: SyntheticSplit, root: str) -> SplitFiles:
         img, anns = render_synthetic_image(spec, index)
         image_id = index + 1
         file_name = f"{image_id:06d}.{spec.image_format}"
-        with open(os.path.join(files.image_root, file_name), "wb") as f:
-            f.write(_encode(spec, img))
+        _write_unless_same(os.path.join(files.image_root, file_name), _encode(spec, img))
         images.append(
             {"id": image_id, "file_name": file_name, "width": img.shape[1], "height": img.shape[0]}
         )
@@ -322,6 +338,7 @@ def generate_split(spec: SyntheticSplit, root: str) -> SplitFiles:
                     "bbox": ann["bbox"],
                     "num_keypoints": ann["num_keypoints"],
                     "keypoints": ann["keypoints"],
+                    "segmentation": ann["segmentation"],
                 }
             )
     if files.truth_json_file is not None:
