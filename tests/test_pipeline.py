@@ -94,6 +94,63 @@ def test_label_pictures_show_generated_beside_true_labels(finished_run):
         assert picture.shape[1] == 2 * 2 * widths[path.stem[len("labels_") :]] + 8
 
 
+def test_the_true_half_shows_only_what_the_labels_can_show(tmp_path, monkeypatch):
+    """Keypoint-only labels are drawn beside true keypoints, not beside true masks too."""
+    import numpy as np
+    import pycocotools.mask as mask_util
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.utils.visualizer import Visualizer
+
+    from dd_detectron.pipeline import pictures
+
+    image = tmp_path / "a.jpg"
+    cv2.imwrite(str(image), np.zeros((20, 30, 3), np.uint8))
+    keypoints = [10.0, 10.0, 2.0] * 17
+    rle = mask_util.encode(np.asfortranarray(np.ones((20, 30), np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    truth = {
+        "file_name": str(image),
+        "image_id": 1,
+        "height": 20,
+        "width": 30,
+        "annotations": [
+            {"bbox": [2, 2, 20, 15], "bbox_mode": 1, "category_id": 0, "keypoints": keypoints}
+            | {"segmentation": rle}
+        ],
+    }
+    name = "dd_test_pictures_truth"
+    DatasetCatalog.register(name, lambda: [truth])
+    MetadataCatalog.get(name).set(thing_classes=["person"])
+    generated = tmp_path / "generated.json"
+    generated.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": str(image), "height": 20, "width": 30}],
+                "annotations": [
+                    {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 20, 15]}
+                    | {"area": 300, "iscrowd": 0, "keypoints": keypoints, "num_keypoints": 17}
+                ],
+                "categories": [{"id": 1, "name": "person"}],
+            }
+        )
+    )
+    drawn = []
+    real_draw = Visualizer.draw_dataset_dict
+    monkeypatch.setattr(
+        Visualizer, "draw_dataset_dict", lambda v, r: (drawn.append(r), real_draw(v, r))[1]
+    )
+    try:
+        paths = pictures.draw_labels_beside_truth(str(generated), name, str(tmp_path / "p"), 1)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert len(paths) == 1 and os.path.getsize(paths[0]) > 0
+    (generated_half,), (true_half,) = [r["annotations"] for r in drawn]
+    assert "segmentation" not in generated_half and "segmentation" not in true_half
+    assert true_half["keypoints"] == keypoints
+    assert "segmentation" in truth["annotations"][0]  # the dataset's own record is untouched
+
+
 def test_second_run_skips_finished_stages(finished_run, caplog):
     tool, out, first = finished_run
     records = {p: p.read_text() for p in out.rglob(STAGE_RECORD)}

@@ -36,6 +36,11 @@ def _captioned(image: np.ndarray, text: str) -> np.ndarray:
     return np.concatenate([strip, image])
 
 
+def _without(record: dict, fields) -> dict:
+    annotations = [{k: v for k, v in a.items() if k not in fields} for a in record["annotations"]]
+    return dict(record, annotations=annotations)
+
+
 def draw_labels_beside_truth(
     generated_json: str, truth_dataset: str, output_dir: str, num_images: int, scale: float = 2.0
 ) -> List[str]:
@@ -58,6 +63,13 @@ def draw_labels_beside_truth(
         generated_json, "", f"dd_label_pictures:{os.path.abspath(generated_json)}"
     )
     metadata = MetadataCatalog.get(truth_dataset)
+    # The true half shows what the labels could have shown: no true masks beside keypoint-only
+    # labels, no true keypoints beside mask labels.
+    absent = {
+        field
+        for field in ("segmentation", "keypoints")
+        if not any(field in a for r in generated for a in r.get("annotations", ()))
+    }
     chosen = [
         r
         for r in sorted(generated, key=lambda r: str(r["image_id"]))
@@ -74,7 +86,7 @@ def draw_labels_beside_truth(
             )
             for r, text in (
                 (record, "generated labels"),
-                (truth[record["image_id"]], "true labels"),
+                (_without(truth[record["image_id"]], absent), "true labels"),
             )
         ]
         gap = np.full((halves[0].shape[0], _GAP, 3), 255, dtype=np.uint8)
