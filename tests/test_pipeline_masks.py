@@ -282,6 +282,19 @@ def test_clear_errors_for_data_the_heads_cannot_train_on(tmp_path):
     assert len(next(iter(build_ratio_train_loader(box, seed=0)))) == 2
 
 
+def test_a_mask_teacher_on_data_without_masks_is_refused_by_name(tmp_path):
+    from dd_detectron.engine import DDTrainer
+
+    labeled = _by_path(tmp_path / "lab", 2, 1, [[0], [1, 2]])
+    no_masks = _by_path(tmp_path / "nomasks", 2, 3, [[0], [1]], masks=False)
+    for name in (labeled, no_masks):
+        register_generated(name, name)
+    batch = next(iter(DDTrainer.build_train_loader(_mask_cfg(labeled, "SOLVER.IMS_PER_BATCH", 2))))
+    assert all(x["instances"].gt_masks.tensor.any() for x in batch)
+    with pytest.raises(ValueError, match=rf"DATASETS\.TRAIN=.*{re.escape(no_masks)}\).*MASK_ON"):
+        DDTrainer.build_train_loader(_mask_cfg(no_masks))
+
+
 def test_mask_pipeline_refuses_a_polygon_student_before_any_stage(tmp_path, monkeypatch):
     from dd_detectron.pipeline.plan import build_stages, load_stage_config
 

@@ -4,9 +4,11 @@ import logging
 import os
 from collections import OrderedDict
 
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
 
 from ..data import build_ratio_train_loader
+from ..data.head_checks import check_head_data
 from ..evaluation import build_coco_evaluator
 from ..modeling.test_time_augmentation import build_rcnn_tta
 from .source_counting import SourceCountingLoader
@@ -28,7 +30,24 @@ class DDTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         if not cfg.DD.STUDENT.GENERATED_DATASETS:
-            return super().build_train_loader(cfg)
+            if not cfg.MODEL.MASK_ON:
+                return super().build_train_loader(cfg)
+            # A mask model on data without masks fails deep inside its loss: check the records
+            # first (read as detectron2's loader reads them) and name the file at fault.
+            dataset = get_detection_dataset_dicts(
+                cfg.DATASETS.TRAIN,
+                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                min_keypoints=(
+                    cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+                    if cfg.MODEL.KEYPOINT_ON
+                    else 0
+                ),
+                proposal_files=(
+                    cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None
+                ),
+            )
+            check_head_data(cfg, dataset, "DATASETS.TRAIN", cfg.DATASETS.TRAIN, keypoints=False)
+            return build_detection_train_loader(cfg, dataset=dataset)
         logger.info(
             "Student training: %s labeled + %s generated.",
             cfg.DATASETS.TRAIN,
