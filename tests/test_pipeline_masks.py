@@ -293,6 +293,10 @@ def test_a_mask_teacher_on_data_without_masks_is_refused_by_name(tmp_path):
     assert all(x["instances"].gt_masks.tensor.any() for x in batch)
     with pytest.raises(ValueError, match=rf"DATASETS\.TRAIN=.*{re.escape(no_masks)}\).*MASK_ON"):
         DDTrainer.build_train_loader(_mask_cfg(no_masks))
+    # A test set named by its path is evaluated into OUTPUT_DIR, not next to its file.
+    cfg = _mask_cfg(labeled, "OUTPUT_DIR", str(tmp_path / "run"))
+    evaluator = DDTrainer.build_evaluator(cfg, labeled)
+    assert evaluator._output_dir.startswith(str(tmp_path / "run" / "inference") + os.sep)
 
 
 def test_mask_pipeline_refuses_a_polygon_student_before_any_stage(tmp_path, monkeypatch):

@@ -18,6 +18,12 @@ __all__ = ["DDTrainer"]
 logger = logging.getLogger(__name__)
 
 
+def _folder_name(dataset_name: str) -> str:
+    """A dataset's folder under OUTPUT_DIR: a dataset named by its path ("/data/x.json",
+    "folder:/data/x") would otherwise be joined as an absolute path, outside OUTPUT_DIR."""
+    return dataset_name.replace(":", "_").replace(os.sep, "_").lstrip("_")
+
+
 class DDTrainer(DefaultTrainer):
     """DefaultTrainer with COCO evaluation of every head of the model (boxes, masks, keypoints;
     compiled evaluator only where it exists).
@@ -58,7 +64,7 @@ class DDTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", _folder_name(dataset_name))
         return build_coco_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
@@ -78,7 +84,9 @@ class DDTrainer(DefaultTrainer):
         tta_model = build_rcnn_tta(cfg, model)
         evaluators = [
             cls.build_evaluator(
-                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+                cfg,
+                name,
+                output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", _folder_name(name)),
             )
             for name in cfg.DATASETS.TEST
         ]
