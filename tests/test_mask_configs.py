@@ -56,7 +56,7 @@ def test_synthetic_mask_demo_plans_teacher_labels_student_and_single_view_labels
     assert _arg(stages["seed1/student"], "DD.STUDENT.GENERATED_DATASETS") == repr((generated,))
     assert load_stage_config(student_file).DD.STUDENT.GENERATED_DATASETS == (generated,)
 
-    keypoint_teacher = load_stage_config(str(SYNTHETIC / "teacher_nR18-FPN_600_demo-labeled.yaml"))
+    keypoint_teacher = load_stage_config(str(SYNTHETIC / "teacher_nR18-FPN_400_demo-labeled.yaml"))
     for path in (teacher_file, student_file):
         c = load_stage_config(path)
         assert c.MODEL.MASK_ON and not c.MODEL.KEYPOINT_ON and c.INPUT.MASK_FORMAT == "bitmask"
@@ -69,7 +69,9 @@ def test_synthetic_mask_demo_plans_teacher_labels_student_and_single_view_labels
         for key in ("BACKBONE", "RESNETS", "FPN", "ANCHOR_GENERATOR", "RPN"):
             assert c.MODEL[key] == keypoint_teacher.MODEL[key], key
     teacher, student = load_stage_config(teacher_file), load_stage_config(student_file)
-    assert teacher.SOLVER == keypoint_teacher.SOLVER
+    # The keypoint demo's solver but its own schedule (each teacher runs to its plateau).
+    for key in ("IMS_PER_BATCH", "BASE_LR", "WARMUP_ITERS"):
+        assert teacher.SOLVER[key] == keypoint_teacher.SOLVER[key], key
     assert (
         student.SOLVER.MAX_ITER * student.SOLVER.IMS_PER_BATCH
         > teacher.SOLVER.MAX_ITER * teacher.SOLVER.IMS_PER_BATCH
