@@ -178,10 +178,9 @@ DEMO_RENDER = RenderConfig(
     noise_sigma=3.0,
 )
 
-# The demo's own splits (DEMO_RENDER, seeds of their own). The labeled split is small on purpose:
-# on this easy profile 40 or more labeled images already take the teacher as far as the demo's
-# short schedule can, so the student would have nothing to add; with 12 the teacher is limited by
-# its data. The unlabeled split is 50x the labeled one.
+# The demo's own splits (DEMO_RENDER, seeds of their own). The labeled split is small so that the
+# teacher is limited by its data, not by the demo's short schedule (see the README's demo
+# section); the unlabeled split is 50x the labeled one.
 DEMO_SYNTHETIC_SPLITS: Tuple[SyntheticSplit, ...] = (
     SyntheticSplit("synthetic_kp_demo_labeled", num_images=12, seed=5005, render=DEMO_RENDER),
     SyntheticSplit(
