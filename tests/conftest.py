@@ -66,3 +66,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def clean_registry():
+    """A list to append the dataset names a test registers; they are removed afterwards, so
+    that reruns in one process work."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = []
+    yield names
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -63,16 +63,6 @@ def tiny_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def clean_registry():
-    """Removes what a test registered, so reruns in one process work."""
-    names = []
-    yield names
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-
-
 def test_default_split_table():
     names = [s.name for s in syn.SYNTHETIC_SPLITS]
     assert names == [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BitMasks
 from pycocotools import mask as mask_util
@@ -145,15 +145,6 @@ def test_split_without_masks_is_regenerated(tmp_path, monkeypatch):
     for ann in new["annotations"]:
         del ann["segmentation"]
     assert new["annotations"] == old["annotations"] and new["images"] == old["images"]
-
-
-@pytest.fixture
-def clean_registry():
-    names = []
-    yield names
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
 
 
 def _mapper(mask_on, dataset):
