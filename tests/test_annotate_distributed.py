@@ -124,7 +124,7 @@ def test_cuda_with_more_processes_than_gpus_fails_at_once(monkeypatch):
         raise AssertionError("must fail before waiting for the other processes")
 
     monkeypatch.setattr(dist, "init_process_group", never)
-    with pytest.raises(RuntimeError, match=r"2 processes on this machine .* 1 GPUs are visible"):
+    with pytest.raises(RuntimeError, match=r"2 local processes .* 1 GPUs are visible"):
         dd_launch.init_distributed_from_env("cuda")
 
 

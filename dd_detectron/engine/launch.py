@@ -69,7 +69,7 @@ def init_distributed_from_env(
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if local_size > visible:
             raise RuntimeError(
-                f"torchrun started {local_size} processes on this machine with MODEL.DEVICE "
+                f"torchrun started {local_size} local processes with MODEL.DEVICE "
                 f"{device!r}, but {visible} GPUs are visible: one GPU per process is needed. Use "
                 f"--nproc_per_node {visible} (or fewer), or MODEL.DEVICE cpu."
             )

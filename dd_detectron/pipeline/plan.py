@@ -126,10 +126,6 @@ def annotate_launcher(
     return launcher, [f"--node_rank={machine_rank}"]
 
 
-def _heads(cfg) -> Tuple[str, ...]:
-    return Heads.from_cfg(cfg).iou_types
-
-
 def check_student_heads(teacher_cfg, student_cfg, rounds: int = 1) -> None:
     """Check that the student can learn from the teacher's labels, and, with several rounds,
     that its checkpoints load into the teacher config's model.
@@ -140,7 +136,9 @@ def check_student_heads(teacher_cfg, student_cfg, rounds: int = 1) -> None:
             (the labels' masks are RLE); with rounds > 1, the two configs' MODEL nodes differ
             (MODEL.WEIGHTS aside). The message names the keys.
     """
-    missing = set(_heads(student_cfg)) - set(_heads(teacher_cfg))
+    missing = set(Heads.from_cfg(student_cfg).iou_types) - set(
+        Heads.from_cfg(teacher_cfg).iou_types
+    )
     if missing:
         keys = {"segm": "MODEL.MASK_ON", "keypoints": "MODEL.KEYPOINT_ON"}
         raise ValueError(

@@ -258,15 +258,15 @@ def _encode(spec: SyntheticSplit, img: np.ndarray) -> bytes:
 
 def _write_unless_same(path: str, data: bytes) -> None:
     # A split redone for a new GENERATOR_VERSION mostly has the same images: their files are left
-    # alone, so a process reading them meanwhile (an older run) never sees one half written.
+    # alone, and a changed one is replaced whole, so a process reading them meanwhile (an older
+    # run) never sees one half written.
     try:
         with open(path, "rb") as f:
             if f.read() == data:
                 return
     except FileNotFoundError:
         pass
-    with open(path, "wb") as f:
-        f.write(data)
+    write_atomic(path, data)
 
 
 def _coco_json(
