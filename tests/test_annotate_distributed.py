@@ -5,6 +5,7 @@ filesystem whose listings lag, an image saved twice, the process-group timeout o
 
 import argparse
 import json
+import logging
 import os
 import shutil
 
@@ -186,7 +187,7 @@ def _coco(path):
     return coco["images"], coco["annotations"]
 
 
-def test_resume_with_memory_only_settings_is_accepted(data, tmp_path):
+def test_resume_with_memory_only_settings_is_accepted(data, tmp_path, caplog):
     """Issue 10, item 2: after an out-of-memory, resume with lower-memory settings (the
     fixture's config: CACHE_FEATURES True, VIEW_BATCH_SIZE 2)."""
     labeled, unlabeled = data
@@ -212,8 +213,10 @@ def test_resume_with_memory_only_settings_is_accepted(data, tmp_path):
     out = str(tmp_path / "no_cache")
     shutil.copytree(crashed, out)
     _, calls = crash_after(model, 10**6)
-    annotate(tiny_cfg(labeled, unlabeled, "DD.TTA.CACHE_FEATURES", False), model, out)
+    with caplog.at_level(logging.WARNING, logger="dd_detectron.annotation.engine"):
+        annotate(tiny_cfg(labeled, unlabeled, "DD.TTA.CACHE_FEATURES", False), model, out)
     assert len(calls) == 2 * 2 * 2  # the 2 images left: 2 view pairs, each 2 backbone passes
+    assert "float rounding" not in caplog.text
     for name in (OUTPUT_JSON, STATS_JSON):
         assert read_bytes(os.path.join(out, name)) == read_bytes(os.path.join(reference, name))
 
@@ -222,7 +225,10 @@ def test_resume_with_memory_only_settings_is_accepted(data, tmp_path):
     shutil.copytree(crashed, out)
     _, calls = crash_after(model, 10**6)
     low = tiny_cfg(labeled, unlabeled, "DD.TTA.CACHE_FEATURES", False, "DD.TTA.VIEW_BATCH_SIZE", 1)
-    annotate(low, model, out)
+    with caplog.at_level(logging.WARNING, logger="dd_detectron.annotation.engine"):
+        annotate(low, model, out)
+    # The first run's memory settings are on record: the log says what may round differently.
+    assert "DD.TTA.VIEW_BATCH_SIZE 1 (its first run: 2)" in caplog.text
     assert len(calls) == 2 * 4 * 2  # 4 views one at a time, 2 passes each
     (images, got), (ref_images, expected) = _coco(os.path.join(out, OUTPUT_JSON)), _coco(
         os.path.join(reference, OUTPUT_JSON)

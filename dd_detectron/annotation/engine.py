@@ -78,10 +78,14 @@ PROGRESS_DIR = "progress"
 # DD.TTA keys that change memory and speed, not what is computed: left out of the resume
 # fingerprint, so a run stopped by an out-of-memory resumes with lower-memory settings.
 # CACHE_FEATURES recomputes the backbone instead of keeping it: the same detections, bit for
-# bit. VIEW_BATCH_SIZE batches views of one size: the same computation, but a batched
-# convolution may round differently, so boxes, keypoints and scores can move by float rounding
-# (far below 1e-3 px).
+# bit. VIEW_BATCH_SIZE batches views of one size: the same computation, but convolution
+# libraries (oneDNN, cuDNN) pick kernels by batch size and round differently, so boxes,
+# keypoints and scores can move by float rounding (far below 1e-3 px). A resume that changes
+# it says so in the log.
 MEMORY_ONLY_KEYS = ("DD.TTA.CACHE_FEATURES", "DD.TTA.VIEW_BATCH_SIZE")
+ROUNDING_KEYS = ("DD.TTA.VIEW_BATCH_SIZE",)
+# Where fingerprint.json records the first run's MEMORY_ONLY_KEYS (not compared on resume).
+_MEMORY_RECORD = "memory_settings"
 
 # DD.ANNOTATE.SCORE_THRESH_MODE values (config.py).
 SCORE_THRESH_MODES = ("global", "per_category")
@@ -177,8 +181,13 @@ def _fingerprint(cfg, settings: AnnotationSettings, num_images: int) -> dict:
     return _without_memory_keys(json.loads(json.dumps(fp)))
 
 
+def _memory_settings(cfg) -> dict:
+    return {key: cfg.DD.TTA[key[len("DD.TTA.") :]] for key in MEMORY_ONLY_KEYS}
+
+
 def _without_memory_keys(fingerprint: dict) -> dict:
     """The fingerprint without MEMORY_ONLY_KEYS (also those saved by earlier versions)."""
+    fingerprint.pop(_MEMORY_RECORD, None)
     tta = fingerprint.get("DD.TTA")
     for key in MEMORY_ONLY_KEYS:
         if isinstance(tta, dict):
@@ -323,12 +332,26 @@ def _plan(
         images = images_to_label(settings.datasets)
     labeled, label_space = _labeled_stats(cfg, settings), _label_space(cfg, settings)
     fingerprint = _fingerprint(cfg, settings, len(images))
-    store.write_fingerprint_if_missing(fingerprint)
-    store.check_fingerprint(fingerprint, normalize=_without_memory_keys)
+    memory = _memory_settings(cfg)
+    store.write_fingerprint_if_missing(dict(fingerprint, **{_MEMORY_RECORD: memory}))
+    saved = store.check_fingerprint(fingerprint, normalize=_without_memory_keys)
+    _warn_if_rounding_changes(saved.get(_MEMORY_RECORD, {}), memory, store.root)
     earlier = store.chunk_names()  # the one listing of a run
     done = store.finished_image_ids(earlier)
     todo = [r for r in images if r["image_id"] not in done]
     return _Plan(images, todo, earlier, labeled, label_space)
+
+
+def _warn_if_rounding_changes(saved: dict, current: dict, progress_dir: str) -> None:
+    changed = [k for k in ROUNDING_KEYS if k in saved and saved[k] != current[k]]
+    if changed:
+        logger.warning(
+            f"Resuming {progress_dir} with "
+            + ", ".join(f"{k} {current[k]} (its first run: {saved[k]})" for k in changed)
+            + ": accepted, but the images left may differ from an uninterrupted run by float "
+            "rounding (a batched convolution rounds differently). DD.TTA.CACHE_FEATURES changes "
+            "nothing."
+        )
 
 
 def _given_images(images: Sequence[dict]) -> list:

@@ -23,6 +23,7 @@ mask as COCO's compressed RLE string (``pycocotools.mask.encode``; its size is t
 (N,) their lengths. A keypoint-only model's chunks are as they always were.
 """
 
+import copy
 import json
 import logging
 import os
@@ -194,19 +195,23 @@ class ProgressStore:
 
     def check_fingerprint(
         self, fingerprint: dict, normalize: Callable[[dict], dict] = lambda fp: fp
-    ) -> None:
+    ) -> dict:
         """
         Args:
             fingerprint: what produces this run's detections.
             normalize: applied to the saved fingerprint first (e.g. to drop keys that an
-                earlier version recorded).
+                earlier version recorded, or records that are not compared).
+
+        Returns:
+            the saved fingerprint, as read (before ``normalize``).
 
         Raises:
             ValueError: the directory holds detections made with another setting; the message
                 names the differing keys.
         """
         with open(self._fingerprint_path()) as f:
-            saved = normalize(json.load(f))
+            raw = json.load(f)
+        saved = normalize(copy.deepcopy(raw))
         if saved != fingerprint:
             keys = sorted(
                 k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
@@ -216,6 +221,7 @@ class ProgressStore:
                 f"({', '.join(keys)}). Rerun with the same settings to resume, or use another "
                 "--output (or delete that progress directory) to start over."
             )
+        return raw
 
     def chunk_names(self) -> List[str]:
         """The finished chunk files in the directory listing, in name order.
