@@ -8,12 +8,16 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 from annotate_helpers import crash_after, free_port, read_bytes, spawn_annotation, torchrun_env
+from conftest import REPO
+from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 from test_annotate import (
@@ -315,3 +319,84 @@ def test_an_image_in_two_chunks_counts_once(tmp_path):
         chunk_names=["chunk-000000000.npz", "chunk-000000002.npz"],
     )
     assert sum(len(x.scores) for x in named.labels) == 8
+
+
+# ------------------------------------------------------------------------------------------
+# Two machines: two torchrun nodes on localhost
+# ------------------------------------------------------------------------------------------
+def _path_datasets(tmp_path):
+    """The fixture's kind of data, named by path as on a command line: a labeled JSON with
+    absolute file names, and a folder of unlabeled images."""
+    labeled = MetadataCatalog.get(
+        make_dataset(str(tmp_path / "labeled"), 4, seed=1, annotations_per_image=[1, 2, 1, 2])
+    )
+    with open(labeled.json_file) as f:
+        coco = json.load(f)
+    for image in coco["images"]:
+        image["file_name"] = os.path.join(labeled.image_root, image["file_name"])
+    labeled_json = str(tmp_path / "labeled.json")
+    with open(labeled_json, "w") as f:
+        json.dump(coco, f)
+    unlabeled = MetadataCatalog.get(make_dataset(str(tmp_path / "unlabeled"), 5, seed=3))
+    os.remove(unlabeled.json_file)  # a folder of images only
+    return labeled_json, "folder:" + unlabeled.image_root
+
+
+def test_two_torchrun_nodes_on_localhost_label_each_image_once(tmp_path):
+    """Issue 10, item 3: the pipeline's launcher for one annotation job over two machines, run as
+    two torchrun nodes on localhost into one output folder, labels every image once and writes
+    what one process writes, byte for byte."""
+    from dd_detectron.pipeline.plan import annotate_launcher
+
+    labeled_json, unlabeled = _path_datasets(tmp_path)
+    weights = str(tmp_path / "teacher.pth")
+    # No flip: a dataset named by path has no keypoint flip map.
+    cfg = tiny_cfg(labeled_json, unlabeled, "DD.ANNOTATE.SAVE_PERIOD", 1, "TEST.AUG.FLIP", False)
+    torch.save(tiny_model(cfg).state_dict(), weights)
+    config_file = tmp_path / "teacher.yaml"
+    config_file.write_text(cfg.dump())
+    tool = [str(REPO / "tools" / "annotate_net.py"), "--config-file", str(config_file)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+    single = str(tmp_path / "single")
+    subprocess.run(
+        [sys.executable, *tool, "--output", single, "MODEL.WEIGHTS", weights],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    url = f"tcp://127.0.0.1:{free_port()}"
+    nodes = []
+    for machine in (0, 1):
+        launcher, node_args = annotate_launcher(2, 2, machine, url)
+        # One process per machine is enough to have two machines; fewer processes for a 2-core CI.
+        launcher = [a if "nproc_per_node" not in a else "--nproc_per_node=1" for a in launcher]
+        log = open(tmp_path / f"machine{machine}.log", "w")
+        nodes.append(
+            subprocess.Popen(
+                [sys.executable, *launcher, *node_args, *tool, "--output", str(tmp_path / "two")]
+                + ["MODEL.WEIGHTS", weights],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        codes = [node.wait(timeout=600) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    logs = [(tmp_path / f"machine{m}.log").read_text() for m in (0, 1)]
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    # The two machines were two nodes of one job: processes 0 and 1 of 2, one log each.
+    for rank, log_name in enumerate(("log.txt", "log.txt.rank1")):
+        log = (tmp_path / "two" / log_name).read_text()
+        assert f"Rank of current process: {rank}. World size: 2" in log
+
+    store = ProgressStore(str(tmp_path / "two" / "progress"))
+    per_chunk = [store.finished_image_ids([name]) for name in store.chunk_names()]
+    assert sum(len(ids) for ids in per_chunk) == len(set().union(*per_chunk)) == 5
+    for name in (OUTPUT_JSON, STATS_JSON):
+        assert read_bytes(str(tmp_path / "two" / name)) == read_bytes(os.path.join(single, name))
