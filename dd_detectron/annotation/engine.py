@@ -28,7 +28,8 @@ filesystem) and writes the outputs. A rerun of the same command resumes: images 
 detections are skipped, and the outputs are the same, byte for byte, as those of an uninterrupted
 or single-process run (given the same detections: images are ordered by id, annotation ids
 assigned in that order). Settings that change only memory or speed (MEMORY_ONLY_KEYS) may change
-between the runs.
+between the runs; VIEW_BATCH_SIZE then moves the detections of the images left by float rounding
+(see MEMORY_ONLY_KEYS).
 """
 
 import itertools
