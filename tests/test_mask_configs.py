@@ -40,8 +40,8 @@ def test_synthetic_mask_demo_plans_teacher_labels_student_and_single_view_labels
         "seed1/student",
         "seed1/labels_singleview",  # label AP only: no second student
     ]
-    teacher_file = str(SYNTHETIC / "teacher_mask_nR18-FPN_1200_demo-labeled.yaml")
-    student_file = str(SYNTHETIC / "student_mask_nR18-FPN_1200_demo-labeled-generated.yaml")
+    teacher_file = str(SYNTHETIC / "teacher_mask_nR18-FPN_1800_demo-labeled.yaml")
+    student_file = str(SYNTHETIC / "student_mask_nR18-FPN_1800_demo-labeled-generated.yaml")
     assert stages["seed1/teacher"].config_files == [teacher_file]
     assert stages["seed1/student"].config_files == [student_file]
     multi, single = stages["seed1/labels_multiview"], stages["seed1/labels_singleview"]
@@ -158,7 +158,7 @@ def test_mask_demo_teacher_labels_train_its_student(tmp_path, monkeypatch):
     names = register_synthetic_keypoints(str(tmp_path / "data"), [spec])
     common = ["DATALOADER.NUM_WORKERS", 0, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0]
     teacher_cfg = load_stage_config(
-        str(SYNTHETIC / "teacher_mask_nR18-FPN_1200_demo-labeled.yaml"),
+        str(SYNTHETIC / "teacher_mask_nR18-FPN_1800_demo-labeled.yaml"),
         common
         + ["TEST.AUG.ENABLED", True, "DD.ANNOTATE.DATASETS", (spec.name,)]
         + ["DD.ANNOTATE.SCORE_THRESH", "'0.0'"],
@@ -177,7 +177,7 @@ def test_mask_demo_teacher_labels_train_its_student(tmp_path, monkeypatch):
     assert anns and all(a["segmentation"]["counts"] for a in anns)
 
     student_cfg = load_stage_config(
-        str(SYNTHETIC / "student_mask_nR18-FPN_1200_demo-labeled-generated.yaml"),
+        str(SYNTHETIC / "student_mask_nR18-FPN_1800_demo-labeled-generated.yaml"),
         common + ["DD.STUDENT.GENERATED_DATASETS", (labels,)],
     )
     names += register_path_datasets(student_cfg)
