@@ -373,16 +373,16 @@ def test_two_torchrun_nodes_on_localhost_label_each_image_once(tmp_path):
         launcher, node_args = annotate_launcher(2, 2, machine, url)
         # One process per machine is enough to have two machines; fewer processes for a 2-core CI.
         launcher = [a if "nproc_per_node" not in a else "--nproc_per_node=1" for a in launcher]
-        log = open(tmp_path / f"machine{machine}.log", "w")
-        nodes.append(
-            subprocess.Popen(
-                [sys.executable, *launcher, *node_args, *tool, "--output", str(tmp_path / "two")]
-                + ["MODEL.WEIGHTS", weights],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        with open(tmp_path / f"machine{machine}.log", "w") as log:  # the child keeps its copy
+            nodes.append(
+                subprocess.Popen(
+                    [sys.executable, *launcher, *node_args, *tool]
+                    + ["--output", str(tmp_path / "two"), "MODEL.WEIGHTS", weights],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             )
-        )
     try:
         codes = [node.wait(timeout=600) for node in nodes]
     finally:
