@@ -1,18 +1,23 @@
 #!/usr/bin/env python
-"""dd-detectron: Data Distillation for human keypoint detection, as a detectron2 extension."""
+"""dd-detectron: Data Distillation (Radosavovic et al., CVPR 2018) as a detectron2 extension."""
+
+from pathlib import Path
 
 from setuptools import find_packages, setup
+
+README = Path(__file__).resolve().parent / "README.md"
 
 setup(
     name="dd-detectron",
     version="0.1.0",
     description=(
-        "Data Distillation (Radosavovic et al., CVPR 2018) for keypoint detection on detectron2"
+        "Data Distillation for detectron2: multi-view teacher labels (keypoints, boxes, masks) "
+        "for unlabeled images and students trained on a fixed labeled:generated ratio"
     ),
-    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description=README.read_text() if README.exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["dd_detectron", "dd_detectron.*"]),
-    python_requires=">=3.8",
+    python_requires=">=3.10",
     install_requires=[
         # detectron2 is not on PyPI: dev/setup_env.py provides it (the user's own, or a
         # fallback build). Declared so that pip checks it is there.
@@ -20,7 +25,8 @@ setup(
         "torch",
         "torchvision",
         "pycocotools>=2.0.2",
-        "opencv-python-headless",
+        # The releases that draw the embedded synthetic data alike (data/synthetic/splits.py).
+        "opencv-python-headless>=4.8,<4.13",
         "matplotlib",
         "numpy",
     ],

@@ -1,6 +1,7 @@
 """What the annotation tests share: byte reads for file equality, a crash injected into the
 backbone, and a two-process annotation job started as torchrun would start it."""
 
+import os
 import socket
 
 import torch
@@ -29,6 +30,14 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def child_env(repo, **variables):
+    """The environment of a child process that runs this checkout's tools: the current one, with
+    ``repo`` put in front of PYTHONPATH (kept, not replaced: packages installed into a target
+    folder are found through it) and ``variables`` set."""
+    search_path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=search_path, **variables)
 
 
 def torchrun_env(rank, world_size, port):

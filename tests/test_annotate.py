@@ -365,6 +365,7 @@ def test_annotate_labels_all_images_and_reports_bad_ones(data, tmp_path):
     assert len(dicts) == 5 and sum(len(d["annotations"]) for d in dicts) == len(anns)
 
 
+@pytest.mark.slow
 def test_resume_after_crash_gives_identical_files(data, tmp_path):
     labeled, unlabeled = data
     cfg = tiny_cfg(labeled, unlabeled)
@@ -447,6 +448,7 @@ def _shard_worker(rank, world_size, port, state_path, files, names, out):
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_process(data, tmp_path):
     labeled, unlabeled = data
     cfg = tiny_cfg(labeled, unlabeled)
@@ -490,6 +492,7 @@ def test_clear_errors(data, tmp_path):
         annotate(tiny_cfg(labeled, "dd_test_no_such_dataset"), model, out)
 
 
+@pytest.mark.slow
 def test_visualize_annotations_tool(data, tmp_path):
     labeled, unlabeled = data
     cfg = tiny_cfg(labeled, unlabeled, "DD.ANNOTATE.SCORE_THRESH", "'0.0'")

@@ -399,6 +399,7 @@ def _shard_worker(rank, world_size, port, state_path, files, names, out):
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_mask_model_sharded_equals_single_process(data, tmp_path):
     labeled, unlabeled, _ = data
     cfg = rcnn_cfg(True, labeled, unlabeled)

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from annotate_helpers import crash_after, free_port, read_bytes, spawn_annotation, torchrun_env
+from annotate_helpers import (
+    child_env,
+    crash_after,
+    free_port,
+    read_bytes,
+    spawn_annotation,
+    torchrun_env,
+)
 from conftest import REPO
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
@@ -99,6 +106,7 @@ def _gpu_visible_worker(rank, world_size, port, state_path, files, names, out):
     os._exit(0)  # as in test_annotate's gloo worker: gloo's teardown can abort a finished worker
 
 
+@pytest.mark.slow
 def test_cpu_job_with_a_visible_gpu_runs_on_gloo_and_rank0_decides(data, tmp_path):
     """Issue 10, items 1, 5 and 6: one visible GPU, MODEL.DEVICE cpu, 2 processes."""
     labeled, unlabeled = data
@@ -191,6 +199,7 @@ def _coco(path):
     return coco["images"], coco["annotations"]
 
 
+@pytest.mark.slow
 def test_resume_with_memory_only_settings_is_accepted(data, tmp_path, caplog):
     """Issue 10, item 2: after an out-of-memory, resume with lower-memory settings (the
     fixture's config: CACHE_FEATURES True, VIEW_BATCH_SIZE 2)."""
@@ -342,6 +351,7 @@ def _path_datasets(tmp_path):
     return labeled_json, "folder:" + unlabeled.image_root
 
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_on_localhost_label_each_image_once(tmp_path):
     """Issue 10, item 3: the pipeline's launcher for one annotation job over two machines, run as
     two torchrun nodes on localhost into one output folder, labels every image once and writes
@@ -356,7 +366,7 @@ def test_two_torchrun_nodes_on_localhost_label_each_image_once(tmp_path):
     config_file = tmp_path / "teacher.yaml"
     config_file.write_text(cfg.dump())
     tool = [str(REPO / "tools" / "annotate_net.py"), "--config-file", str(config_file)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = child_env(REPO, OMP_NUM_THREADS="1")
 
     single = str(tmp_path / "single")
     subprocess.run(
@@ -400,3 +410,23 @@ def test_two_torchrun_nodes_on_localhost_label_each_image_once(tmp_path):
     assert sum(len(ids) for ids in per_chunk) == len(set().union(*per_chunk)) == 5
     for name in (OUTPUT_JSON, STATS_JSON):
         assert read_bytes(str(tmp_path / "two" / name)) == read_bytes(os.path.join(single, name))
+
+
+@pytest.mark.slow
+def test_child_processes_keep_packages_found_through_pythonpath(tmp_path, monkeypatch):
+    """Packages installed into a target folder (``pip install --target``) and found through
+    PYTHONPATH stay importable in the tools the tests start, beside this checkout."""
+    target = tmp_path / "site"
+    target.mkdir()
+    (target / "dd_target_folder_marker.py").write_text("VALUE = 7\n")
+    monkeypatch.setenv("PYTHONPATH", str(target))
+    code = "import dd_target_folder_marker, dd_detectron; print(dd_target_folder_marker.VALUE)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=child_env(REPO),
+        cwd=str(tmp_path),  # not the checkout: dd_detectron must come through PYTHONPATH too
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "7"

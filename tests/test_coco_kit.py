@@ -408,6 +408,7 @@ def test_check_names_what_is_missing_and_where(tmp_path, prepare_coco):
 # ------------------------------------------------------------------------------------------
 # Datasets
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_registered_names_load_on_the_tree(tree, prepare_coco):
     """Every dataset a COCO config names loads from the tree through its registered name."""
     prepare_coco(tree)
@@ -759,6 +760,7 @@ def annotate_tool(config_name, root, weights, output, *opts):
     )
 
 
+@pytest.mark.slow
 def test_annotate_un120_image_info(tree, tiny_teacher, tmp_path):
     out = tmp_path / "annotate_un120"
     proc = annotate_tool("annotate_R50-FPN_130k_co115-un120.yaml", tree, tiny_teacher, out)
@@ -776,6 +778,7 @@ def test_annotate_un120_image_info(tree, tiny_teacher, tmp_path):
     assert "Annotation results" in proc.stdout
 
 
+@pytest.mark.slow
 def test_annotate_image_folder(tree, tiny_teacher, tmp_path):
     """The folder setting's config, on the builtin folder and on a folder named by path."""
     out = tmp_path / "annotate_folder"
@@ -804,6 +807,7 @@ def test_annotate_image_folder(tree, tiny_teacher, tmp_path):
         assert img["file_name"] == str(own / rel) and (img["height"], img["width"]) == (h, w)
 
 
+@pytest.mark.slow
 def test_small_setting_pipeline(tree, tmp_path):
     """co-35 + co-80 with the setting's three configs and a tiny model: teacher, annotation of
     co-80 by the teacher's checkpoint, student on co-35 + the labels under their builtin name."""

@@ -1,5 +1,5 @@
 """CUDA checks of the keypoint ensembler and the annotation stage's memory handling (run by
-tools/gpu_check.sh on a GPU machine; skipped without CUDA).
+dev/gpu_check.sh on a GPU machine; skipped without CUDA).
 
 - the ensembler on CUDA gives the CPU's boxes and keypoints (within 1e-3 relative);
 - a real CUDA out-of-memory in one image is recorded, the cache is freed and the next image is

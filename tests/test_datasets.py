@@ -64,6 +64,7 @@ def _expected_builtin(root):
     return expected
 
 
+@pytest.mark.slow
 def test_builtin_datasets_lie_under_one_root(tmp_path):
     """Importing dd_detectron registers exactly the tables' names, every one under
     $DETECTRON2_DATASETS as datasets_root() reads it ("~" expanded)."""

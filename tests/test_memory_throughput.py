@@ -117,6 +117,7 @@ def test_bounded_decoding_lands_near_full_size_decoding(interpolate_sizes):
     assert torch.equal(bounded[2], exact[2])  # 100 x 60 fits: exact
 
 
+@pytest.mark.slow
 def test_default_bound_is_within_a_pixel_or_two():
     """A 1500 x 1100 box (both decodings fit in memory) at the default bound, 1024."""
     maps = _peaked_maps(2, seed=1)
@@ -139,6 +140,7 @@ def test_huge_box_decodes_within_the_bound(interpolate_sizes):
     assert bool((out[0, :, 1] >= 200).all() and (out[0, :, 1] <= 30200).all())
 
 
+@pytest.mark.slow
 def test_ensembler_decodes_a_12_megapixel_photo_in_a_bounded_frame(monkeypatch, interpolate_sizes):
     """On today's code, each of the 5 boxes is decoded at its size in the 3000 x 4000 photo."""
     cfg = tiny_cfg("TEST.AUG.FLIP", True)

@@ -51,6 +51,7 @@ def finished_run(tmp_path_factory, load_tool):
     return tool, out, report
 
 
+@pytest.mark.slow
 def test_every_stage_output_exists_and_feeds_the_next(finished_run):
     _, out, report = finished_run
     seed = out / "seed1"
@@ -160,6 +161,7 @@ def test_second_run_skips_finished_stages(finished_run, caplog):
     assert again["wall_time_s"] == first["wall_time_s"]
 
 
+@pytest.mark.slow
 def test_run_killed_between_stages_resumes_to_the_same_report(finished_run):
     tool, out, first = finished_run
     seed = out / "seed1"

@@ -147,6 +147,7 @@ def _records(out):
     return {p: p.read_text() for p in out.rglob(STAGE_RECORD)}
 
 
+@pytest.mark.slow
 def test_mask_pipeline_two_rounds_end_to_end(tmp_path, load_tool, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the datasets' paths are relative to it
     config = _pipeline_configs(tmp_path)

@@ -332,6 +332,7 @@ def _gloo_worker(rank, world_size, rendezvous, out_dir):
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_draw_disjoint_images(tmp_path):
     mp.spawn(
         _gloo_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True

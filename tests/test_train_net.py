@@ -76,6 +76,7 @@ def _keypoint_metrics(results):
     return metrics
 
 
+@pytest.mark.slow
 def test_teacher_trains_checkpoints_reloads_and_reports_keypoint_ap(
     tiny_splits, tmp_path, load_tool
 ):

@@ -263,9 +263,10 @@ def write_coco_json(
     categories = None
     # Annotations wait in an anonymous temporary file (unique, removed on close) until the
     # images are written.
-    with atomic_write(path) as out, tempfile.TemporaryFile(
-        "w+", dir=os.path.dirname(path) or "."
-    ) as side:
+    with (
+        atomic_write(path) as out,
+        tempfile.TemporaryFile("w+", dir=os.path.dirname(path) or ".") as side,
+    ):
         out.write('{"info": ' + json.dumps(info) + ', "images": [')
 
         def flush(block):

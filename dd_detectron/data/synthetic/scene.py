@@ -31,6 +31,7 @@ from .figure import (
     _weighted_choice,
     sample_figure,
 )
+from .raster import correlate_reflect, motion_blur_kernel, resize_bicubic
 from .render_config import BACKGROUND_STYLES, DISTRACTOR_KINDS, RenderConfig
 
 __all__ = [
@@ -140,7 +141,7 @@ def sample_distractor(
 def _low_freq_noise(rng: np.random.Generator, width: int, height: int, amp: float) -> np.ndarray:
     gh, gw = int(rng.integers(2, 7)), int(rng.integers(2, 7))
     grid = rng.uniform(-amp, amp, (gh, gw, 3)).astype(np.float32)
-    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+    return resize_bicubic(grid, width, height)
 
 
 def _gradient(
@@ -396,13 +397,8 @@ def _photometric(rng: np.random.Generator, cfg: RenderConfig, img: np.ndarray) -
     if hi > 0:
         n = int(rng.integers(lo, hi + 1))
         if n > 1:
-            kernel = np.zeros((n, n), np.float32)
-            kernel[n // 2, :] = 1.0 / n
-            angle = float(rng.uniform(-20, 20))
-            m = cv2.getRotationMatrix2D(((n - 1) / 2.0, (n - 1) / 2.0), angle, 1.0)
-            kernel = cv2.warpAffine(kernel, m, (n, n))
-            kernel /= max(float(kernel.sum()), 1e-6)
-            out = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REFLECT)
+            kernel = motion_blur_kernel(n, float(rng.uniform(-20, 20)))
+            out = correlate_reflect(out, kernel)
     out = out * rng.uniform(*cfg.contrast_range) + rng.uniform(*cfg.brightness_range)
     if cfg.noise_sigma > 0:
         out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(cfg.noise_sigma)
