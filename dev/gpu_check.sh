@@ -86,8 +86,8 @@ finish() {
     exit $STATUS
 }
 
-VERSIONS='
-import importlib, platform, shutil, subprocess, sys
+cat > "$WORK/versions.py" <<'EOF'
+import importlib, platform, shutil, sys
 print("python", platform.python_version(), sys.executable, "(in a virtual environment)" if sys.prefix != sys.base_prefix else "")
 for name in ("torch", "torchvision", "numpy", "cv2", "PIL", "setuptools", "pip", "detectron2", "pycocotools"):
     try:
@@ -102,14 +102,14 @@ try:
 except Exception:
     pass
 print("make", shutil.which("make") or "absent", "| nvidia-smi", shutil.which("nvidia-smi") or "absent")
-'
+EOF
 
 # 0-1. What the machine has, the set-up, what the venv has.
-step versions_interpreter 60 "$PYTHON" -c "$VERSIONS"
+step versions_interpreter 60 "$PYTHON" "$WORK/versions.py"
 sed 's/^/   /' "$WORK/logs/versions_interpreter.log" >> "$SUMMARY"
 step setup 240 "$PYTHON" dev/setup_env.py --venv "$WORK/venv" ${WHEELHOUSE:+--wheelhouse "$WHEELHOUSE"} \
     || finish
-step versions_venv 60 "$PY" -c "$VERSIONS"
+step versions_venv 60 "$PY" "$WORK/versions.py"
 sed 's/^/   /' "$WORK/logs/versions_venv.log" >> "$SUMMARY"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && CUDA=yes
 note "== CUDA: $CUDA"
