@@ -25,8 +25,9 @@ setup(
         "torch",
         "torchvision",
         "pycocotools>=2.0.2",
-        # The releases that draw the embedded synthetic data alike (data/synthetic/splits.py).
-        "opencv-python-headless>=4.8,<4.13",
+        # Releases 4.8 to 4.12 draw the embedded synthetic data alike (data/synthetic/splits.py);
+        # 4.12 caps numpy below 2.3, so the newest allowed is 4.11, which leaves numpy alone.
+        "opencv-python-headless>=4.8,<4.12",
         "matplotlib",
         "numpy",
     ],
