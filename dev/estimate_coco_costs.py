@@ -4,7 +4,7 @@ What each stage of the COCO configs costs on this machine's CPU, and the GPU hou
 on 8 GPUs: ESTIMATES, scaled by detectron2's published speeds of the same model (see
 coco_gpu_estimates).
 
-The figures of the README's "GPU hours (estimates)" come from:
+The figures of docs/COCO.md's "GPU hours (estimates)" come from:
 
     python dev/estimate_coco_costs.py --num-iters 2 --warmup 1 --output costs.json
 
@@ -44,7 +44,7 @@ from dd_detectron import add_dd_config
 from dd_detectron.annotation import views_config
 from dd_detectron.annotation.inputs import ReadImageOrError
 from dd_detectron.config import num_views
-from dd_detectron.modeling import KeypointRCNNWithTTA
+from dd_detectron.modeling import RCNNWithTTA
 from dd_detectron.utils.benchmark import build_benchmark_model, save_result
 
 logger = logging.getLogger("dd_detectron.estimate_coco_costs")
@@ -177,7 +177,7 @@ def _time_annotation(cfg, records, num_iters: int, warmup: int) -> dict:
 
     model = build_benchmark_model(cfg, plain_input(records[0])["image"])
     views_cfg = views_config(cfg)
-    ensembler = KeypointRCNNWithTTA(views_cfg, model)
+    ensembler = RCNNWithTTA(views_cfg, model)
     read = ReadImageOrError(cfg.INPUT.FORMAT)
     plain, views, boxes = [], [], []
     with torch.no_grad():

@@ -107,6 +107,34 @@ def read_target_packages(path: Optional[Path]) -> Dict[str, Optional[str]]:
     return packages
 
 
+def drop_unfit_target_packages(
+    target: Dict[str, Optional[str]], requirements: List[str]
+) -> Dict[str, Optional[str]]:
+    """``target`` without the packages whose version one of ``requirements`` refuses (an OpenCV
+    outside the drawing range, say): their wheels go into the wheelhouse, and the venv's copy
+    shadows the machine's."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # a bare interpreter: pip's own copy (importing pip turns off
+        # setuptools' distutils shim for the rest of the process, so only as a last resort)
+        from pip._vendor.packaging.requirements import Requirement
+
+    specifiers = {}
+    for text in requirements:
+        requirement = Requirement(text)
+        specifiers.setdefault(canonical_name(requirement.name), []).append(requirement.specifier)
+    kept = {}
+    for name, version in target.items():
+        refusing = [str(s) for s in specifiers.get(name, []) if version and version not in s]
+        if refusing:
+            logger.info(
+                "the target's %s %s is outside %s: its wheel goes in", name, version, refusing
+            )
+            continue
+        kept[name] = version
+    return kept
+
+
 def target_options(python_version: str, platforms: List[str]) -> List[str]:
     options = ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp"]
     for platform in platforms:
@@ -176,6 +204,9 @@ def make_wheelhouse(
         project = setup_env.build_fallback_tree(sdist, cache_dir)
         run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"] + ["-w", partial, project])
         requirements = project_requirements(setup_env.REPO_ROOT, extras, with_torch, work)
+        target = drop_unfit_target_packages(
+            target, requirements + setup_env.DETECTRON2_REQUIREMENTS + BUILD_REQUIREMENTS
+        )
         constraints = None
         pinned = {n: v for n, v in target.items() if v and "+" not in v}
         if pinned:

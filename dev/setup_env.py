@@ -703,8 +703,8 @@ def plan_detectron2(
 
 
 def is_unadapted_fallback(location: Path) -> bool:
-    """Whether the detectron2 at ``location`` is a fallback an earlier version of this script
-    installed before FALLBACK_ADAPTATIONS existed (placeholder ops, removed APIs still used)."""
+    """Whether the detectron2 at ``location`` is a fallback of this script built without
+    FALLBACK_ADAPTATIONS (placeholder ops, removed APIs still used): it is rebuilt."""
     placeholder = location / "_C.py"
     if (
         not placeholder.is_file()

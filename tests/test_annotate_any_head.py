@@ -1,4 +1,4 @@
-"""Tests of the annotation stage for R-CNN heads other than keypoints (issue 12, item 2): labels
+"""Tests of the annotation stage for R-CNN heads other than keypoints: labels
 of box-only and mask models, in several categories.
 
 Tiny multi-category COCO sets (boxes and polygon masks) written to tmp dirs and registered under

@@ -1,4 +1,4 @@
-"""The annotation stage on the machines users run it on (issue 10), emulated on the CPU: a GPU
+"""The annotation stage on the machines users run it on, emulated on the CPU: a GPU
 visible to a CPU job, several processes, a resume with lower-memory settings, a shared
 filesystem whose listings lag, an image saved twice, the process-group timeout on both paths.
 """
@@ -108,7 +108,8 @@ def _gpu_visible_worker(rank, world_size, port, state_path, files, names, out):
 
 @pytest.mark.slow
 def test_cpu_job_with_a_visible_gpu_runs_on_gloo_and_rank0_decides(data, tmp_path):
-    """Issue 10, items 1, 5 and 6: one visible GPU, MODEL.DEVICE cpu, 2 processes."""
+    """One visible GPU, MODEL.DEVICE cpu, 2 processes: the job runs on gloo on the CPU and
+    rank 0 alone decides what is left to label."""
     labeled, unlabeled = data
     cfg = tiny_cfg(labeled, unlabeled)
     model = tiny_model(cfg)
@@ -142,8 +143,8 @@ def test_cuda_with_more_processes_than_gpus_fails_at_once(monkeypatch):
 
 
 def test_both_paths_set_the_process_group_timeout(monkeypatch):
-    """Issue 10, item 4. torchrun path: init_process_group gets it; launch path: detectron2's
-    launch gets it; on both, detectron2's gloo group for Python objects gets it."""
+    """The process-group timeout reaches both start paths: init_process_group under torchrun,
+    detectron2's launch otherwise, and on both detectron2's gloo group for Python objects."""
     timeout = dd_launch.PROCESS_GROUP_TIMEOUT
     assert timeout.total_seconds() >= 6 * 3600
     args = argparse.Namespace(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto")
@@ -201,7 +202,7 @@ def _coco(path):
 
 @pytest.mark.slow
 def test_resume_with_memory_only_settings_is_accepted(data, tmp_path, caplog):
-    """Issue 10, item 2: after an out-of-memory, resume with lower-memory settings (the
+    """After an out-of-memory, resume with lower-memory settings (the
     fixture's config: CACHE_FEATURES True, VIEW_BATCH_SIZE 2)."""
     labeled, unlabeled = data
     cfg = tiny_cfg(labeled, unlabeled)
@@ -257,7 +258,7 @@ def test_resume_with_memory_only_settings_is_accepted(data, tmp_path, caplog):
 
 
 def test_a_lagging_listing_still_merges_every_chunk(data, tmp_path, monkeypatch):
-    """Issue 10, item 5: progress/ listed on a shared filesystem shows only what was there at
+    """progress/ listed on a shared filesystem shows only what was there at
     the first listing (an NFS client's cached listing); the chunks written since still count."""
     labeled, unlabeled = data
     cfg = tiny_cfg(labeled, unlabeled)
@@ -300,7 +301,7 @@ def _store(root, chunks):
 
 
 def test_an_image_in_two_chunks_counts_once(tmp_path):
-    """Issue 10, item 3: whatever is on disk (two jobs labeled image 11), its detections count
+    """Whatever is on disk (two jobs labeled image 11), its detections count
     once, for the labels and for the scores the auto thresholds are calibrated on."""
     a = (10, [0.9, 0.2]), (11, [0.8, 0.7, 0.6])
     b = (12, [0.5]), (13, [0.4, 0.3])
@@ -353,7 +354,7 @@ def _path_datasets(tmp_path):
 
 @pytest.mark.slow
 def test_two_torchrun_nodes_on_localhost_label_each_image_once(tmp_path):
-    """Issue 10, item 3: the pipeline's launcher for one annotation job over two machines, run as
+    """The pipeline's launcher for one annotation job over two machines, run as
     two torchrun nodes on localhost into one output folder, labels every image once and writes
     what one process writes, byte for byte."""
     from dd_detectron.pipeline.plan import annotate_launcher

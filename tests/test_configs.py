@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from detectron2.config import get_cfg
 
 from dd_detectron import add_dd_config
@@ -13,11 +14,23 @@ CONFIGS = sorted(
 )
 
 
-def test_configs_are_found():
-    assert any(c.endswith("Base-DD-Keypoint-RCNN-FPN.yaml") for c in CONFIGS)
-    assert any(c.endswith("Base-DD-Mask-RCNN-FPN.yaml") for c in CONFIGS)
-    assert any("/Synthetic/" in c for c in CONFIGS)
-    assert any("/COCO-InstanceSegmentation/" in c for c in CONFIGS)
+def test_every_config_that_a_config_names_is_one_of_them():
+    """Each ``_BASE_`` and each pipeline stage config (``DD.PIPELINE.*_CONFIG``) resolves to a
+    file in configs/, so test_config_loads loads it too."""
+    named = set()
+    for config_file in CONFIGS:
+        with open(config_file) as f:
+            data = yaml.safe_load(f) or {}
+        stages = ((data.get("DD") or {}).get("PIPELINE") or {}).items()
+        refs = [data["_BASE_"]] if "_BASE_" in data else []
+        refs += [v for k, v in stages if k.endswith("_CONFIG") and v]
+        for ref in refs:
+            path = str((Path(config_file).parent / ref).resolve())
+            assert path in CONFIGS, f"{config_file} names {ref}, which is not in configs/"
+            named.add(path)
+    assert any(p.endswith("Base-DD-Keypoint-RCNN-FPN.yaml") for p in named)
+    assert any(p.endswith("Base-DD-Mask-RCNN-FPN.yaml") for p in named)
+    assert any(p.endswith("teacher_R50-FPN_130k_co115.yaml") for p in named)  # by a pipeline
 
 
 @pytest.mark.parametrize("config_file", CONFIGS, ids=lambda p: p.split("configs/")[-1])

@@ -13,7 +13,7 @@ from test_tta import H, random_image, run, tiny_cfg
 from tiny_keypoint_rcnn import tiny_model
 
 from dd_detectron.annotation.inputs import SkipUnreadable
-from dd_detectron.modeling.test_time_augmentation import KeypointRCNNWithTTA
+from dd_detectron.modeling.test_time_augmentation import RCNNWithTTA
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -43,8 +43,8 @@ def test_ensembler_on_cuda_matches_cpu(exact_cuda, opts):
     model = tiny_model(cfg)
     gpu_cfg, gpu_model = _cuda_copy(cfg, model)
     image = random_image(5)
-    cpu = run(KeypointRCNNWithTTA(cfg, model), image)
-    gpu = run(KeypointRCNNWithTTA(gpu_cfg, gpu_model), image).to("cpu")
+    cpu = run(RCNNWithTTA(cfg, model), image)
+    gpu = run(RCNNWithTTA(gpu_cfg, gpu_model), image).to("cpu")
     assert len(cpu) == len(gpu) == 5
     torch.testing.assert_close(gpu.pred_boxes.tensor, cpu.pred_boxes.tensor, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(gpu.scores, cpu.scores, rtol=1e-3, atol=1e-5)
@@ -56,7 +56,7 @@ def test_ensembler_on_cuda_matches_cpu(exact_cuda, opts):
 def test_real_cuda_out_of_memory_is_recorded_and_freed():
     cpu_cfg = tiny_cfg("TEST.AUG.FLIP", True)
     cfg, model = _cuda_copy(cpu_cfg, tiny_model(cpu_cfg))
-    ens = KeypointRCNNWithTTA(cfg, model)
+    ens = RCNNWithTTA(cfg, model)
     state = {"poison": False}
 
     def hook(module, inputs, output):
@@ -88,7 +88,7 @@ def test_real_cuda_out_of_memory_is_recorded_and_freed():
 
 def test_12_megapixel_photo_decodes_in_bounded_memory():
     cpu_cfg = tiny_cfg("TEST.AUG.FLIP", True)
-    ens = KeypointRCNNWithTTA(*_cuda_copy(cpu_cfg, tiny_model(cpu_cfg)))
+    ens = RCNNWithTTA(*_cuda_copy(cpu_cfg, tiny_model(cpu_cfg)))
     image = random_image(0, 3000, 4000)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

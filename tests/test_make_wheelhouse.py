@@ -44,3 +44,13 @@ def test_torch_goes_in_only_when_asked(tmp_path, wheelhouse):
     assert any(r.startswith("opencv-python-headless") and "<4.12" in r for r in without)
     with_torch = wheelhouse.project_requirements(repo, "", True, tmp_path)
     assert {"torch", "torchvision"} <= set(with_torch) and "pytest>=7" not in with_torch
+
+
+def test_a_target_package_the_requirements_refuse_goes_into_the_wheelhouse(wheelhouse):
+    target = {"opencv-python-headless": "5.1.0.95", "numpy": "2.5.2", "pyyaml": None}
+    kept = wheelhouse.drop_unfit_target_packages(
+        target, ["opencv-python-headless<4.12,>=4.8", "numpy", "Pillow>=7.1"]
+    )
+    assert kept == {"numpy": "2.5.2", "pyyaml": None}
+    fits = {"opencv-python-headless": "4.11.0.86"}
+    assert wheelhouse.drop_unfit_target_packages(fits, ["opencv-python-headless<4.12"]) == fits

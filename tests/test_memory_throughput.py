@@ -1,4 +1,4 @@
-"""Tests of memory and throughput of the annotation stage (issue 10, items 8 and 9): keypoints
+"""Tests of memory and throughput of the annotation stage: keypoints
 decoded in a bounded frame, an image the model runs out of memory on is recorded and skipped
 (heads switched back on), heatmaps dropped on the device, views made in the DataLoader's workers
 give the same labels, and the timing summary.
@@ -29,7 +29,7 @@ from dd_detectron.annotation.inputs import (
     throughput,
 )
 from dd_detectron.modeling.test_time_augmentation import (
-    KeypointRCNNWithTTA,
+    RCNNWithTTA,
     bounded_heatmaps_to_keypoints,
 )
 
@@ -144,7 +144,7 @@ def test_huge_box_decodes_within_the_bound(interpolate_sizes):
 def test_ensembler_decodes_a_12_megapixel_photo_in_a_bounded_frame(monkeypatch, interpolate_sizes):
     """On today's code, each of the 5 boxes is decoded at its size in the 3000 x 4000 photo."""
     cfg = tiny_cfg("TEST.AUG.FLIP", True)
-    ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
+    ens = RCNNWithTTA(cfg, tiny_model(cfg))
     out = run(ens, random_image(0, 3000, 4000))
     assert len(out) == 5
     sides = (out.pred_boxes.tensor[:, 2:] - out.pred_boxes.tensor[:, :2]).amax(dim=1)
@@ -171,7 +171,7 @@ def _raise_in_box_head(model, when):
 def test_heads_are_back_on_after_a_failed_view(error):
     cfg = tiny_cfg("TEST.AUG.FLIP", True)
     model = tiny_model(cfg)
-    ens = KeypointRCNNWithTTA(cfg, model)
+    ens = RCNNWithTTA(cfg, model)
     expected = run(ens, random_image())
 
     def hook(module, inputs, output):
@@ -217,7 +217,7 @@ def _inputs(images):
 def test_skip_unreadable_records_out_of_memory_and_goes_on():
     cfg = tiny_cfg("TEST.AUG.FLIP", True)
     model = tiny_model(cfg)
-    ens = KeypointRCNNWithTTA(cfg, model)
+    ens = RCNNWithTTA(cfg, model)
     images = [random_image(s) for s in range(3)]
     expected = [run(ens, im) for im in images]
     state = {"poison": False}
@@ -252,7 +252,7 @@ def test_skip_unreadable_stops_on_other_errors():
 
     model.roi_heads.box_predictor.register_forward_hook(hook)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        SkipUnreadable(KeypointRCNNWithTTA(cfg, model))(_inputs([random_image()]))
+        SkipUnreadable(RCNNWithTTA(cfg, model))(_inputs([random_image()]))
 
 
 def test_throughput_helper():
@@ -273,13 +273,13 @@ def test_annotate_records_an_out_of_memory_image_and_labels_the_others(data, tmp
     model = tiny_model(cfg)
     poison_id = 102
     state = {"poison": False}
-    original = KeypointRCNNWithTTA._inference_one_image
+    original = RCNNWithTTA._inference_one_image
 
     def inference_one_image(self, input):
         state["poison"] = input["image_id"] == poison_id
         return original(self, input)
 
-    monkeypatch.setattr(KeypointRCNNWithTTA, "_inference_one_image", inference_one_image)
+    monkeypatch.setattr(RCNNWithTTA, "_inference_one_image", inference_one_image)
     handle = _raise_in_box_head(model, lambda: state["poison"])
     out = str(tmp_path / "run")
     summary = annotate(cfg, model, out)["annotation"]
@@ -302,7 +302,7 @@ def test_annotate_records_an_out_of_memory_image_and_labels_the_others(data, tmp
 # ------------------------------------------------------------------------------------------
 def test_precomputed_views_give_the_same_result(tmp_path):
     cfg = tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H))
-    ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
+    ens = RCNNWithTTA(cfg, tiny_model(cfg))
     path = str(tmp_path / "a.jpg")
     cv2.imwrite(path, np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8))
     record = {"image_id": 1, "file_name": path, "dd_index": 0}

@@ -13,7 +13,7 @@ from dd_detectron.pipeline.plan import build_stages
 from dd_detectron.pipeline.stages import STAGE_RECORD
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = "configs/Synthetic/quick_schedules/pipeline_tiny.yaml"
+TINY = str(REPO / "configs/Synthetic/quick_schedules/pipeline_tiny.yaml")
 
 
 def _args(output_dir, *opts):
@@ -44,7 +44,6 @@ def _same(a, b) -> bool:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, load_tool):
     """One tiny pipeline run (teacher, multi-view labels, student), shared by the tests below."""
-    os.chdir(REPO)
     out = tmp_path_factory.mktemp("pipeline")
     tool = load_tool("run_pipeline")
     report = tool.main(_args(out))

@@ -1,4 +1,4 @@
-"""The pipeline with a Mask R-CNN (issue 12, items 3 and 4): two rounds end to end on tiny
+"""The pipeline with a Mask R-CNN: two rounds end to end on tiny
 multi-category masked COCO data, the student's checks of its data against the model's heads,
 the evaluator of every head.
 

@@ -227,3 +227,26 @@ def test_keypoint_report_keeps_its_tables_and_adds_every_head(tmp_path):
     assert "| 1 | 1 | keypoint | 8.00 | 13.00 | 11.50 | +3.50 |" in text
     assert "| 1 | 1 | box | 20.00 | 18.00 | 22.00 | +2.00 |" in text
     assert "segm" not in json.dumps(report) and "| mask |" not in text
+
+
+def test_the_chart_keeps_its_text_inside_and_says_where_bars_are_measured(tmp_path):
+    import matplotlib.text
+
+    from dd_detectron.pipeline.report import build_report, chart_figure
+
+    root = tmp_path / "seed1"
+    _fake_training(root / "teacher", keypoints=20.0)
+    _fake_labels(root / "labels_multiview", keypoints=22.0)
+    _fake_training(root / "student", keypoints=25.0)
+    report = build_report(str(tmp_path), (1,), {}, "synthetic_kp_demo_val")
+    fig = chart_figure(report)
+    renderer = fig.canvas.get_renderer()
+    frame = fig.bbox
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        inside = box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1
+        assert inside and box.y0 >= frame.y0 - 1 and box.y1 <= frame.y1 + 1, text.get_text()
+    shown = " ".join(t.get_text().replace("\n", " ") for t in texts)
+    assert "round 1 labels (vs truth)" in shown and "round 1 student (on eval)" in shown
+    assert "models: AP on synthetic_kp_demo_val; labels: AP against the true labels" in shown

@@ -267,7 +267,7 @@ def test_report_compares_single_view_labels_without_their_student(tmp_path):
 
 
 def test_several_machines_run_one_annotation_job_with_one_fingerprint(monkeypatch):
-    """Issue 10, item 3: with ANNOTATE_PROCESSES > 1 on 2 machines, each machine starts its node
+    """With ANNOTATE_PROCESSES > 1 on 2 machines, each machine starts its node
     of ONE torchrun job (rendezvous at machine 0's --dist-url), not a job of its own."""
     from dd_detectron.pipeline.plan import build_stages
 
@@ -297,13 +297,13 @@ def test_several_machines_run_one_annotation_job_with_one_fingerprint(monkeypatc
     assert fingerprints[0] == fingerprints[1]
     with pytest.raises(ValueError, match=r"give --dist-url tcp://HOST:PORT"):
         build_stages(cfg, str(FULL.parent), 8, 2, 0, "auto")
-    # One machine: a standalone job, as before.
+    # One machine: a standalone job.
     one = next(s for s in build_stages(cfg, str(FULL.parent)) if s.tool == "annotate_net")
     assert one.launcher[2:] == ["--standalone", "--nproc_per_node=4"] and one.node_args == []
 
 
 def test_stages_side_by_side_are_refused_on_gpus_and_machines(monkeypatch):
-    """Issue 10, item 7: two multi-process stages at once would share the --dist-url port."""
+    """Two multi-process stages at once would share the --dist-url port."""
     from dd_detectron.pipeline.plan import build_stages
 
     cfg = _full_plan_cfg(PARALLEL_STAGES=2)
@@ -315,7 +315,7 @@ def test_stages_side_by_side_are_refused_on_gpus_and_machines(monkeypatch):
 
 
 def test_only_machine_0_writes_stage_records_the_others_wait(tmp_path):
-    """Issue 10, item 7: machine 1 runs its part of the stage, writes no record, and goes on
+    """Machine 1 runs its part of the stage, writes no record, and goes on
     only once machine 0's record of that stage is there."""
     stages = [_stage(tmp_path, "teacher"), _stage(tmp_path, "student", ["teacher"])]
     runner = ScriptRunner(stages, TOOLS, python=sys.executable, machine_rank=1)

@@ -17,11 +17,10 @@ from detectron2.data.datasets.builtin_meta import (
 from test_tta import H, W
 from test_tta_heads import HEADS, heads_cfg, heads_model
 
-from dd_detectron.annotation.heads import Heads
 from dd_detectron.annotation.teacher import SingleViewRCNN, build_teacher
 from dd_detectron.data.synthetic.scene import encode_mask
 from dd_detectron.engine import DDTrainer
-from dd_detectron.modeling import KeypointRCNNWithTTA, RCNNWithTTA
+from dd_detectron.modeling import Heads, RCNNWithTTA
 
 TASKS = {
     "box": {"bbox"},
@@ -106,12 +105,8 @@ def test_teacher_is_the_ensembler_of_the_heads(heads, multiview):
     cfg = _cfg(heads, "TEST.AUG.MIN_SIZES", (H,), "TEST.AUG.FLIP", False)
     cfg.TEST.AUG.ENABLED = multiview
     teacher = build_teacher(cfg, heads_model(cfg), Heads.from_cfg(cfg))
-    if cfg.MODEL.KEYPOINT_ON:
-        # As before: keypoint labels always come from the keypoint ensembler.
-        assert type(teacher) is KeypointRCNNWithTTA
-    elif multiview:
-        # A box or mask model over several views: the general ensembler (the keypoint one
-        # refused them).
+    if cfg.MODEL.KEYPOINT_ON or multiview:
+        # Keypoint labels always come from the ensembler; so do several views of any model.
         assert type(teacher) is RCNNWithTTA
     else:
         assert type(teacher) is SingleViewRCNN

@@ -6,6 +6,7 @@ equivariance of the {identity, flip} ensemble) hold for any weights.
 
 import argparse
 import os
+import statistics
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
 
 from dd_detectron.modeling.test_time_augmentation import (
     HeatmapReducer,
-    KeypointRCNNWithTTA,
+    RCNNWithTTA,
     box_voting,
     unflip_keypoint_logits,
 )
@@ -67,7 +68,7 @@ def test_identity_view_equals_plain_inference():
     model = tiny_model(cfg)
     image = random_image()
     plain = run(model, image)
-    ens = run(KeypointRCNNWithTTA(cfg, model), image)
+    ens = run(RCNNWithTTA(cfg, model), image)
     assert len(plain) == 5
     # Same computation on the same boxes: bit-identical.
     assert torch.equal(ens.pred_boxes.tensor, plain.pred_boxes.tensor)
@@ -120,7 +121,7 @@ def _match(a, b):
 def test_flip_equivariance_for_random_weights(seed, opts):
     """{identity, flip} on the mirrored image = the mirrored result, left/right swapped."""
     cfg = tiny_cfg("TEST.AUG.FLIP", True, *opts)
-    ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg, seed))
+    ens = RCNNWithTTA(cfg, tiny_model(cfg, seed))
     image = random_image(seed)
     a = run(ens, image)
     b = run(ens, image.flip(-1))
@@ -145,9 +146,9 @@ def test_flip_view_is_not_a_no_op():
     cfg = tiny_cfg()
     model = tiny_model(cfg)
     image = random_image()
-    one = run(KeypointRCNNWithTTA(cfg, model), image)
+    one = run(RCNNWithTTA(cfg, model), image)
     cfg_flip = tiny_cfg("TEST.AUG.FLIP", True)
-    two = run(KeypointRCNNWithTTA(cfg_flip, model), image)
+    two = run(RCNNWithTTA(cfg_flip, model), image)
     assert not torch.equal(one.pred_boxes.tensor, two.pred_boxes.tensor)
 
 
@@ -203,10 +204,8 @@ def test_recompute_equals_cache():
     opts = ("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (H, 128))
     model = tiny_model(tiny_cfg(*opts))
     image = random_image(3)
-    cached = run(KeypointRCNNWithTTA(tiny_cfg(*opts), model), image)
-    recomputed = run(
-        KeypointRCNNWithTTA(tiny_cfg(*opts, "DD.TTA.CACHE_FEATURES", False), model), image
-    )
+    cached = run(RCNNWithTTA(tiny_cfg(*opts), model), image)
+    recomputed = run(RCNNWithTTA(tiny_cfg(*opts, "DD.TTA.CACHE_FEATURES", False), model), image)
     assert torch.equal(cached.pred_boxes.tensor, recomputed.pred_boxes.tensor)
     assert torch.equal(cached.pred_keypoints, recomputed.pred_keypoints)
 
@@ -215,7 +214,7 @@ def test_views_are_batched_by_size():
     cfg = tiny_cfg(
         "TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128), "DD.TTA.VIEW_BATCH_SIZE", 2
     )
-    ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
+    ens = RCNNWithTTA(cfg, tiny_model(cfg))
     views, _ = ens._get_augmented_inputs({"image": random_image(), "height": H, "width": W})
     assert ens._view_batches(views) == [[0, 1], [2, 3], [4, 5]]
     calls = []
@@ -223,7 +222,7 @@ def test_views_are_batched_by_size():
     run(ens, random_image())
     assert calls == [2, 2, 2]  # one backbone pass per view (pair), none for keypoints
     # Automatic batch size on CPU: one view at a time; the same results.
-    auto = KeypointRCNNWithTTA(
+    auto = RCNNWithTTA(
         tiny_cfg("TEST.AUG.FLIP", True, "TEST.AUG.MIN_SIZES", (64, H, 128)), ens.model
     )
     assert auto.batch_size == 1
@@ -236,7 +235,7 @@ def test_views_are_batched_by_size():
 
 def test_scale_size_dep_masks():
     cfg = tiny_cfg("DD.TTA.SCALE_SIZE_DEP", True, "DD.TTA.AREA_TH", 100.0)
-    ens = KeypointRCNNWithTTA(cfg, tiny_model(cfg))
+    ens = RCNNWithTTA(cfg, tiny_model(cfg))
     from detectron2.structures import Boxes, Instances
 
     merged = Instances(
@@ -255,7 +254,7 @@ def test_scale_size_dep_masks():
 
 def test_no_detection_gives_empty_keypoints():
     cfg = tiny_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 1.0, "TEST.AUG.FLIP", True)
-    out = run(KeypointRCNNWithTTA(cfg, tiny_model(cfg)), random_image())
+    out = run(RCNNWithTTA(cfg, tiny_model(cfg)), random_image())
     assert len(out) == 0
     assert tuple(out.pred_keypoints.shape) == (0, 17, 3)
 
@@ -263,20 +262,16 @@ def test_no_detection_gives_empty_keypoints():
 def test_clear_errors():
     cfg = tiny_cfg()
     model = tiny_model(cfg)
-    with pytest.raises(ValueError, match="MODEL.KEYPOINT_ON"):
-        KeypointRCNNWithTTA(tiny_cfg("MODEL.KEYPOINT_ON", False), model)
     with pytest.raises(ValueError, match="TEST.AUG.MIN_SIZES"):
-        KeypointRCNNWithTTA(tiny_cfg("TEST.AUG.MIN_SIZES", ()), model)
+        RCNNWithTTA(tiny_cfg("TEST.AUG.MIN_SIZES", ()), model)
     with pytest.raises(ValueError, match="DD.TTA.KEYPOINT_REDUCE"):
-        KeypointRCNNWithTTA(tiny_cfg("DD.TTA.KEYPOINT_REDUCE", "median"), model)
+        RCNNWithTTA(tiny_cfg("DD.TTA.KEYPOINT_REDUCE", "median"), model)
     with pytest.raises(ValueError, match="DATASETS.TRAIN"):
-        KeypointRCNNWithTTA(
-            tiny_cfg("TEST.AUG.FLIP", True, "DATASETS.TRAIN", ("dd_test_no_meta",)), model
-        )
+        RCNNWithTTA(tiny_cfg("TEST.AUG.FLIP", True, "DATASETS.TRAIN", ("dd_test_no_meta",)), model)
     no_kp_cfg = tiny_cfg("MODEL.KEYPOINT_ON", False)
     no_kp_model = tiny_model(no_kp_cfg)
     with pytest.raises(ValueError, match="no keypoint head"):
-        KeypointRCNNWithTTA(tiny_cfg(), no_kp_model)
+        RCNNWithTTA(tiny_cfg(), no_kp_model)
 
 
 def test_trainer_evaluates_with_tta(tmp_path):
@@ -343,6 +338,10 @@ def test_benchmark_tta_task_runs_every_approach(load_tool):
     assert len(approaches) == 4 and result["views"] == 4
     # Random weights, score threshold 0: every approach that detects keeps the fixed number.
     for name, r in approaches.items():
-        assert r["images_per_s_median"] > 0
+        rates = r["images_per_s_per_round"]  # one per round, from the timed seconds
+        assert len(rates) == args.rounds and min(rates) > 0
+        assert r["images_per_s_median"] == pytest.approx(statistics.median(rates))
+        assert min(rates) <= r["images_per_s_pooled"] <= max(rates)
+        assert r["seconds_per_image"] == pytest.approx(1.0 / r["images_per_s_pooled"])
         if not name.startswith("backbone"):
             assert r["detections_per_image"] == 5

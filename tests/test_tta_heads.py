@@ -7,6 +7,7 @@ apply the same rule hold for any weights.
 """
 
 import argparse
+import statistics
 
 import pytest
 import torch
@@ -227,6 +228,10 @@ def test_benchmark_tta_task_times_detectron2_tta_on_a_mask_model(load_tool):
     assert result["views"] == 4 and result["mask_on"]
     assert "detectron2 GeneralizedRCNNWithTTA (two backbone passes per view)" in approaches
     for name, r in approaches.items():
-        assert r["images_per_s_median"] > 0
+        rates = r["images_per_s_per_round"]  # one per round, from the timed seconds
+        assert len(rates) == args.rounds and min(rates) > 0
+        assert r["images_per_s_median"] == pytest.approx(statistics.median(rates))
+        assert min(rates) <= r["images_per_s_pooled"] <= max(rates)
+        assert r["seconds_per_image"] == pytest.approx(1.0 / r["images_per_s_pooled"])
         if not name.startswith("backbone"):
             assert r["detections_per_image"] == 5

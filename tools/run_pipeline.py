@@ -22,7 +22,7 @@ import sys
 from detectron2.engine import default_argument_parser
 from detectron2.utils.logger import setup_logger
 
-from dd_detectron.annotation import Heads
+from dd_detectron.modeling import Heads
 from dd_detectron.pipeline import StageRunner, build_report, build_stages, write_report
 from dd_detectron.pipeline.pictures import draw_pipeline_label_pictures
 from dd_detectron.pipeline.plan import load_stage_config, resolve_config_path

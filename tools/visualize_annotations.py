@@ -28,7 +28,7 @@ logger = logging.getLogger("dd_detectron.visualize_annotations")
 _LIMB_COLOR = (102, 204, 255)
 
 
-def register_json(json_file: str, image_root: str) -> str:
+def register_json(json_file: str) -> str:
     """Load the file as a detectron2 dataset with keypoint metadata from its categories.
 
     Returns:
@@ -48,7 +48,7 @@ def register_json(json_file: str, image_root: str) -> str:
 
 def main(args):
     setup_logger(name="dd_detectron")
-    name = register_json(args.json, args.image_root)
+    name = register_json(args.json)
     dicts = load_coco_json(args.json, args.image_root, name, extra_annotation_keys=["score"])
     metadata = MetadataCatalog.get(name)
     os.makedirs(args.output, exist_ok=True)

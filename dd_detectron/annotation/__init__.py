@@ -1,6 +1,7 @@
 """The annotation stage of Data Distillation: hard COCO labels (boxes, and masks / keypoints as
 the teacher's heads allow) for unlabeled images."""
 
+from ..modeling.heads import Heads
 from .coco_writer import ImageLabels, LabelSpace, write_coco_json
 from .engine import (
     CALIBRATION_PNG,
@@ -12,7 +13,6 @@ from .engine import (
     annotate,
     views_config,
 )
-from .heads import Heads
 from .quality import label_quality
 from .thresholds import LabeledStats, labeled_statistics, threshold_for_mean
 

@@ -45,10 +45,10 @@ from detectron2.utils import comm
 
 from ..config import num_views, parse_threshold
 from ..data.datasets import ensure_dataset_ready
+from ..modeling.heads import Heads
 from ..utils import write_atomic
 from .coco_writer import LabelSpace, write_coco_json
 from .evaluator import AnnotationEvaluator
-from .heads import Heads
 from .inputs import SkipUnreadable, annotation_mapper, images_to_label, throughput
 from .labels import LabelingRule, make_labels
 from .progress import ProgressStore

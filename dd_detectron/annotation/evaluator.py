@@ -9,7 +9,7 @@ import os
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from .heads import Heads
+from ..modeling.heads import Heads
 from .progress import PredictionChunk, ProgressStore
 
 __all__ = ["AnnotationEvaluator"]

@@ -2,8 +2,8 @@
 The teacher as the annotation stage runs it: the model behind the views of ``views_config``.
 
 - Keypoint models, and any model with several views (TEST.AUG.ENABLED): the multi-view
-  ensembler (``build_rcnn_tta``: ``KeypointRCNNWithTTA`` for keypoint models, ``RCNNWithTTA``
-  for box and mask models), which owns the combination of views. With one view it is plain
+  ensembler (``build_rcnn_tta``: ``RCNNWithTTA`` for every head), which owns the combination of
+  views. With one view it is plain
   inference (tests/test_tta.py), so keypoint labels do not depend on the path taken.
 - Models without a keypoint head, single view (TEST.AUG.ENABLED False): ``SingleViewRCNN``,
   detectron2's own inference on the one view (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, no flip),
@@ -16,8 +16,8 @@ from typing import List
 from detectron2.modeling import DatasetMapperTTA
 from torch import nn
 
+from ..modeling.heads import Heads
 from ..modeling.test_time_augmentation import build_rcnn_tta
-from .heads import Heads
 
 __all__ = ["SingleViewRCNN", "build_teacher"]
 

@@ -145,9 +145,7 @@ class SourceSlotSampler(Sampler):
     detectron2's ToIterableDataset does that.
     """
 
-    def __init__(
-        self, size: int, per_batch: int, offset: int, count: int, *, seed: int, shuffle: bool = True
-    ):
+    def __init__(self, size: int, per_batch: int, offset: int, count: int, *, seed: int):
         """
         Args:
             size: number of images of the source.
@@ -155,7 +153,6 @@ class SourceSlotSampler(Sampler):
             offset: first of this rank's slots within a block, in [0, K).
             count: this rank's number of slots per block; offset + count <= K.
             seed: seed of the shuffle; must be the same on every rank.
-            shuffle: False keeps ``range(size)`` order (for tests).
         """
         if size <= 0:
             raise ValueError(f"SourceSlotSampler needs a non-empty source, got size={size}")
@@ -168,16 +165,12 @@ class SourceSlotSampler(Sampler):
         self._offset = offset
         self._count = count
         self._seed = int(seed)
-        self._shuffle = shuffle
 
     def _global_stream(self) -> Iterable[int]:
         g = torch.Generator()
         g.manual_seed(self._seed)
         while True:
-            if self._shuffle:
-                yield from torch.randperm(self._size, generator=g).tolist()
-            else:
-                yield from range(self._size)
+            yield from torch.randperm(self._size, generator=g).tolist()
 
     def __iter__(self):
         stream = self._global_stream()
@@ -290,7 +283,7 @@ def _ratio_loader_from_config(cfg, mapper=None, *, labeled_dataset=None, generat
         if min_keypoints > 0:
             generated_dataset = filter_images_with_few_keypoints(generated_dataset, min_keypoints)
     if cfg.MODEL.MASK_ON:
-        # Only masks: detectron2 reads the labeled keypoints as it always did.
+        # Only masks: detectron2 reads the labeled keypoints itself.
         check_head_data(
             cfg, labeled_dataset, "DATASETS.TRAIN", tuple(cfg.DATASETS.TRAIN), keypoints=False
         )

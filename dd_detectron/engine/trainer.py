@@ -71,7 +71,7 @@ class DDTrainer(DefaultTrainer):
     def test_with_TTA(cls, cfg, model):
         """Evaluate the multi-view ensembler over TEST.AUG's views, every head of the model (as
         detectron2's tools/train_net.py does with GeneralizedRCNNWithTTA, which refuses keypoint
-        models): ``build_rcnn_tta`` picks KeypointRCNNWithTTA or RCNNWithTTA.
+        models): ``build_rcnn_tta``'s RCNNWithTTA.
 
         Args:
             cfg: the run's config.

@@ -6,8 +6,8 @@ import importlib.util
 
 from detectron2.evaluation import COCOEvaluator
 
-from ..annotation.heads import Heads
 from ..data.datasets import ensure_dataset_ready
+from ..modeling.heads import Heads
 
 __all__ = ["build_coco_evaluator", "fast_coco_eval_available"]
 

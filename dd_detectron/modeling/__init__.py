@@ -1,5 +1,6 @@
 # Importing backbone registers build_narrow_resnet_fpn_backbone in BACKBONE_REGISTRY.
 from . import backbone  # noqa: F401
-from .test_time_augmentation import KeypointRCNNWithTTA, RCNNWithTTA, build_rcnn_tta
+from .heads import Heads
+from .test_time_augmentation import RCNNWithTTA, build_rcnn_tta
 
-__all__ = ["RCNNWithTTA", "KeypointRCNNWithTTA", "build_rcnn_tta"]
+__all__ = ["Heads", "RCNNWithTTA", "build_rcnn_tta"]

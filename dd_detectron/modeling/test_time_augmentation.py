@@ -35,6 +35,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_i
 from detectron2.structures import Boxes, Instances, heatmaps_to_keypoints, pairwise_iou
 from fvcore.transforms import HFlipTransform
 
+from .heads import Heads
 from .tta_reduce import (
     HeatmapReducer,
     MaskReducer,
@@ -46,7 +47,6 @@ from .tta_reduce import (
 # The view reducers (tta_reduce.py) are importable from here too, beside the ensemblers.
 __all__ = [
     "RCNNWithTTA",
-    "KeypointRCNNWithTTA",
     "build_rcnn_tta",
     "ViewReducer",
     "HeatmapReducer",
@@ -551,9 +551,8 @@ class RCNNWithTTA(GeneralizedRCNNWithTTA):
         """The feature levels the mask and keypoint heads read (none for a box-only model)."""
         roi_heads = self.model.roi_heads
         names = []
-        for head in ("mask", "keypoint"):
-            if getattr(self, f"{head}_on"):
-                names += [f for f in getattr(roi_heads, f"{head}_in_features") if f not in names]
+        for head in Heads(self.mask_on, self.keypoint_on).roi_head_names:
+            names += [f for f in getattr(roi_heads, f"{head}_in_features") if f not in names]
         return names
 
     def _head_passes(self, merged: Instances) -> List[_HeadPass]:
@@ -641,34 +640,12 @@ class RCNNWithTTA(GeneralizedRCNNWithTTA):
                 _decode_keypoints(combined, merged, self.keypoint_decode_max_size)
 
 
-class KeypointRCNNWithTTA(RCNNWithTTA):
-    """``RCNNWithTTA`` for a model that must predict keypoints (the annotation stage's labels):
-    refuses a config without MODEL.KEYPOINT_ON instead of running boxes only."""
-
-    def __init__(self, cfg, model, tta_mapper=None, batch_size=None, *, keypoint_flip_indices=None):
-        """Same arguments as ``RCNNWithTTA``; MODEL.KEYPOINT_ON must be True."""
-        if not cfg.MODEL.KEYPOINT_ON:
-            raise ValueError(
-                "KeypointRCNNWithTTA needs a keypoint model: MODEL.KEYPOINT_ON is False."
-            )
-        super().__init__(
-            cfg,
-            model,
-            tta_mapper,
-            batch_size,
-            keypoint_flip_indices=keypoint_flip_indices,
-        )
-
-
 def build_rcnn_tta(cfg, model) -> RCNNWithTTA:
-    """The multi-view ensembler for an R-CNN of any heads: ``KeypointRCNNWithTTA`` when
-    MODEL.KEYPOINT_ON (it refuses a model without the keypoint head), else ``RCNNWithTTA``
-    (boxes, and masks with MODEL.MASK_ON).
+    """The multi-view ensembler for an R-CNN of any heads (boxes, and masks and keypoints as
+    MODEL.MASK_ON and MODEL.KEYPOINT_ON say).
 
     Args:
         cfg: the model's config with TEST.AUG's views and DD.TTA's settings.
         model: a GeneralizedRCNN.
     """
-    if cfg.MODEL.KEYPOINT_ON:
-        return KeypointRCNNWithTTA(cfg, model)
     return RCNNWithTTA(cfg, model)

@@ -15,12 +15,12 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads.keypoint_head import keypoint_rcnn_inference
 from fvcore.transforms import HFlipTransform
 
-from .test_time_augmentation import KeypointRCNNWithTTA, RCNNWithTTA, unflip_keypoint_logits
+from .test_time_augmentation import RCNNWithTTA, unflip_keypoint_logits
 
 __all__ = ["TwoPassKeypointTTA", "SingleViewInference", "BackbonePasses", "tta_approaches"]
 
 
-class TwoPassKeypointTTA(KeypointRCNNWithTTA):
+class TwoPassKeypointTTA(RCNNWithTTA):
     """The ensembler's views and keypoint reduction, run the way detectron2's
     GeneralizedRCNNWithTTA runs a second head (its mask branch): the whole model once per view
     for boxes, then once more per view, backbone included, on the merged boxes, heatmaps decoded

@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 from detectron2.config import get_cfg
 
 from ..annotation import OUTPUT_JSON
-from ..annotation.heads import Heads
 from ..config import add_dd_config, num_views
+from ..modeling.heads import Heads
 from .stages import Stage
 
 __all__ = [

@@ -12,6 +12,7 @@ boxes), as the paper's tables do; the per-round table gives every head.
 import json
 import os
 import re
+import textwrap
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -34,6 +35,7 @@ from .plan import (
 )
 
 __all__ = [
+    "chart_figure",
     "METRICS",
     "REPORT_FILES",
     "HEAD_NAMES",
@@ -356,7 +358,7 @@ def report_markdown(report: dict) -> str:
         (seed, row, q) for seed, d in report["per_seed"].items() for row, q in d["labels"].items()
     ]
     if label_rows:
-        # The main head first, as before the per-head figures: keypoint AP, then box AP.
+        # The main head first: keypoint AP, then box AP.
         columns = list(reversed(heads))
         lines += ["", "Label quality: AP of the generated labels against the true labels.", ""]
         lines += [
@@ -404,7 +406,8 @@ def _bars(report: dict, iou_type: str) -> List[tuple]:
                 if len(entries) >= r and entries[r - 1]["AP"][iou_type][part] is not None:
                     values.append(entries[r - 1]["AP"][iou_type][part])
             if values:
-                bars.append((f"round {r}\n{part}", _COLOURS[part], values))
+                where = "vs truth" if part == "labels" else "on eval"
+                bars.append((f"round {r}\n{part}\n({where})", _COLOURS[part], values))
     in_rounds = {
         e[k] for d in per_seed for e in d.get("rounds", ()) for k in ("teacher", "student")
     }
@@ -422,11 +425,18 @@ def _bars(report: dict, iou_type: str) -> List[tuple]:
     return bars
 
 
-def _chart(report: dict, path: str) -> None:
+def chart_figure(report: dict):
+    """The report's bar chart: one panel per head, every round's teacher, labels and student
+    side by side, then the ablations' models; the mean over seeds, a dot per seed. The captions
+    say where each bar is measured: models on the evaluation split, labels against the true
+    labels of the unlabeled split."""
     heads = _heads_of(report)
     panels = [(t, _bars(report, t)) for t in reversed(heads)]
     width = max(len(bars) for _, bars in panels) if panels else 1
-    fig = new_figure((1.6 + 0.9 * width, 3.2 * len(panels)))
+    fig_width = 1.6 + 0.9 * width
+    fig = new_figure((fig_width, 3.2 * len(panels) + 0.4))
+    # About 15 characters of 8-point text per inch: wrap the captions to the figure's width.
+    columns = max(24, int(fig_width * 15))
     for index, (iou_type, bars) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, index + 1)
         for i, (_, colour, values) in enumerate(bars):
@@ -437,11 +447,26 @@ def _chart(report: dict, path: str) -> None:
         ax.set_ylabel(f"{HEAD_NAMES[iou_type]} AP", fontsize=8)
         if index == 0:
             ax.set_title(
-                f"Data distillation, round by round: models on {report['eval_dataset']}, labels "
-                "against the true labels;\nmean over seeds (dots: each seed)",
+                textwrap.fill(
+                    "Data distillation, round by round: mean over seeds (dots: each seed)", columns
+                ),
                 fontsize=8,
             )
-    write_atomic(path, png_bytes(fig, dpi=120))
+        if index == len(panels) - 1:
+            ax.set_xlabel(
+                textwrap.fill(
+                    f"models: AP on {report['eval_dataset']}; labels: AP against the true labels "
+                    "of the unlabeled split",
+                    columns,
+                ),
+                fontsize=7,
+            )
+    fig.tight_layout()
+    return fig
+
+
+def _chart(report: dict, path: str) -> None:
+    write_atomic(path, png_bytes(chart_figure(report), dpi=120))
 
 
 def write_report(report: dict, output_root: str) -> Dict[str, str]:

@@ -11,6 +11,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from ..modeling.heads import Heads
 from .file_io import write_atomic
 
 __all__ = ["PeakMemory", "tame_random_weights", "build_benchmark_model", "save_result"]
@@ -78,7 +79,7 @@ def _head_logits(model, image: torch.Tensor) -> None:
     images = model.preprocess_image([{"image": image}])
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features)
-    heads = [h for h in ("mask", "keypoint") if getattr(roi_heads, f"{h}_on", False)]
+    heads = Heads.of_model(model).roi_head_names
     for head in heads:
         setattr(roi_heads, f"{head}_on", False)
     try:

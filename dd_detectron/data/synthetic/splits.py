@@ -182,8 +182,8 @@ DEMO_RENDER = RenderConfig(
 )
 
 # The demo's own splits (DEMO_RENDER, seeds of their own). The labeled split is small so that the
-# teacher is limited by its data, not by the demo's short schedule (see the README's demo
-# section); the unlabeled split is 50x the labeled one.
+# teacher is limited by its data, not by the demo's short schedule (see docs/SYNTHETIC_DATA.md,
+# "Why the demo's numbers are higher"); the unlabeled split is 50x the labeled one.
 DEMO_SYNTHETIC_SPLITS: Tuple[SyntheticSplit, ...] = (
     SyntheticSplit("synthetic_kp_demo_labeled", num_images=12, seed=5005, render=DEMO_RENDER),
     SyntheticSplit(

@@ -1,9 +1,10 @@
 """
-The heads of the teacher (MODEL.MASK_ON, MODEL.KEYPOINT_ON): what the labels hold.
+The heads of an R-CNN (MODEL.MASK_ON, MODEL.KEYPOINT_ON) and what each needs.
 
-Every R-CNN labels boxes; a mask head adds ``segmentation`` (RLE), a keypoint head adds
-``keypoints``. The rest of the annotation stage asks this one object what to store, calibrate,
-write and evaluate, instead of testing config keys itself.
+Every R-CNN predicts boxes; a mask head adds masks (``segmentation`` in COCO files), a keypoint
+head adds ``keypoints``. The ensembler, the annotation stage, the evaluator and the pipeline ask
+this one object which heads there are, instead of testing config keys or model attributes
+themselves.
 """
 
 from dataclasses import dataclass
@@ -32,6 +33,22 @@ class Heads:
         keypoint = bool(cfg.MODEL.KEYPOINT_ON)
         num_keypoints = int(cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS) if keypoint else 0
         return cls(bool(cfg.MODEL.MASK_ON), keypoint, num_keypoints)
+
+    @classmethod
+    def of_model(cls, model) -> "Heads":
+        """The heads a built R-CNN has switched on (its ``roi_heads.mask_on`` / ``keypoint_on``)."""
+        roi_heads = getattr(model, "roi_heads", None)
+        keypoint = bool(getattr(roi_heads, "keypoint_on", False))
+        num_keypoints = 0
+        if keypoint:
+            num_keypoints = int(getattr(roi_heads.keypoint_head, "num_keypoints", 0) or 0)
+        return cls(bool(getattr(roi_heads, "mask_on", False)), keypoint, num_keypoints)
+
+    @property
+    def roi_head_names(self) -> Tuple[str, ...]:
+        """The heads beyond boxes, as detectron2's ROI heads name their attributes
+        (``mask_on``, ``mask_pooler``, ``keypoint_in_features``, ...): "mask", "keypoint"."""
+        return (("mask",) if self.mask else ()) + (("keypoint",) if self.keypoint else ())
 
     @property
     def instance_kind(self) -> str:
