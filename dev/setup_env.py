@@ -743,23 +743,34 @@ def ensure_venv(venv: Path, base_python: str = sys.executable) -> Path:
     cmd = [base_python, "-m", "venv", str(venv)]
     if inherit:
         cmd.append("--system-site-packages")
-    run(cmd)
-    if inherit and base["in_venv"]:
-        # --system-site-packages shows the base installation's packages, not those of the
-        # virtual environment base_python runs in: add that environment's own folders. A .pth
-        # file's entries come after the venv's own site-packages, so what the venv installs wins.
-        own = probe_interpreter(python)["site_packages"][0]
-        lines = [p for p in base["site_packages"] if os.path.isdir(p)]
-        Path(own, "_dd_parent_environment.pth").write_text("\n".join(lines) + "\n")
-        logger.info("the venv also sees %s", ", ".join(lines))
-    if base_torch:
-        seen = probe_interpreter(python)
-        if seen.get("torch_full") != base["torch_full"]:
-            raise SetupError(
-                f"{venv} does not see torch {base['torch_full']} of {base_python} "
-                f"(it sees {seen.get('torch_full', 'none')})"
-            )
+    try:
+        run(cmd)
+        if inherit and base["in_venv"]:
+            _see_parent_environment(python, base["site_packages"])
+        if base_torch:
+            seen = probe_interpreter(python)
+            if seen.get("torch_full") != base["torch_full"]:
+                raise SetupError(
+                    f"{venv} does not see torch {base['torch_full']} of {base_python} "
+                    f"(it sees {seen.get('torch_full', 'none')})"
+                )
+    except BaseException:
+        # A venv this run made but could not finish is removed, so that the next run starts
+        # again instead of taking it for a finished one.
+        shutil.rmtree(venv, ignore_errors=True)
+        raise
     return python
+
+
+def _see_parent_environment(python: Path, parent_site_packages: Sequence[str]) -> None:
+    """Make the venv of ``python`` see the site-packages of the virtual environment it was made
+    from. ``--system-site-packages`` shows the base installation's packages, not that
+    environment's; a .pth file's entries come after the venv's own site-packages, so what the
+    venv installs itself still wins."""
+    own = probe_interpreter(python)["site_packages"][0]
+    lines = [p for p in parent_site_packages if os.path.isdir(p)]
+    Path(own, "_dd_parent_environment.pth").write_text("\n".join(lines) + "\n")
+    logger.info("the venv also sees %s", ", ".join(lines))
 
 
 def setup(

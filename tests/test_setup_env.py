@@ -403,3 +403,16 @@ def test_pip_cut_off_from_its_index_asks_for_a_wheelhouse(tmp_path, monkeypatch,
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     with pytest.raises(setup_env.SetupError, match="give a wheelhouse"):
         setup_env.download_fallback_sdist(tmp_path / "empty-cache")
+
+
+@pytest.mark.slow
+def test_a_venv_that_cannot_see_the_torch_is_removed_for_the_next_run(
+    tmp_path, monkeypatch, setup_env
+):
+    parent = _parent_venv(tmp_path)
+    monkeypatch.setattr(setup_env, "_see_parent_environment", lambda python, folders: None)
+    with pytest.raises(
+        setup_env.SetupError, match=r"does not see torch 2\.14\.1 of .*\(it sees none\)"
+    ):
+        setup_env.ensure_venv(tmp_path / "venv", base_python=str(parent))
+    assert not (tmp_path / "venv").exists()

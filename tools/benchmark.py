@@ -62,8 +62,8 @@ from dd_detectron.annotation.inputs import images_to_label
 from dd_detectron.config import num_views
 from dd_detectron.data import build_ratio_train_loader, register_path_datasets
 from dd_detectron.engine import SourceCountingLoader
-from dd_detectron.modeling.tta_baselines import tta_approaches
 from dd_detectron.utils.benchmark import PeakMemory, build_benchmark_model, save_result
+from dd_detectron.utils.tta_baselines import tta_approaches
 
 # --config-file zoo:<path> names a config of detectron2's model zoo, shipped in its package.
 ZOO_PREFIX = "zoo:"

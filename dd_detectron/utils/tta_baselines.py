@@ -15,7 +15,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads.keypoint_head import keypoint_rcnn_inference
 from fvcore.transforms import HFlipTransform
 
-from .test_time_augmentation import RCNNWithTTA, unflip_keypoint_logits
+from ..modeling.test_time_augmentation import RCNNWithTTA, unflip_keypoint_logits
 
 __all__ = ["TwoPassKeypointTTA", "SingleViewInference", "BackbonePasses", "tta_approaches"]
 
