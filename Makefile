@@ -9,8 +9,8 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.dd-setup-done
 # Set-up is (re)checked whenever the command line or the environment names what it installs
 # from: DETECTRON2_SOURCE, WHEELHOUSE, or another PYTHON.
-FORCE_SETUP := $(if $(DETECTRON2_SOURCE)$(WHEELHOUSE),force-setup) \
-	$(if $(filter command line environment,$(origin PYTHON)),force-setup)
+PYTHON_CHOSEN := $(filter command line environment,$(origin PYTHON))
+FORCE_SETUP := $(if $(DETECTRON2_SOURCE)$(WHEELHOUSE)$(PYTHON_CHOSEN),force-setup)
 
 .PHONY: setup demo demo-full test test-fast lint wheelhouse gpu-check clean force-setup
 
@@ -18,7 +18,8 @@ setup: $(STAMP)
 
 # The stamp is written only after a set-up that succeeded, so a failed one is retried.
 $(STAMP): setup.py dev/setup_env.py $(FORCE_SETUP)
-	$(PYTHON) dev/setup_env.py --venv $(VENV) $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
+	$(PYTHON) dev/setup_env.py --venv $(VENV) $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) \
+		$(if $(PYTHON_CHOSEN),--python-chosen)
 	touch $@
 
 # The pipeline on the demo profile of the synthetic data (quick to learn): one seed, single-view

@@ -714,23 +714,30 @@ def is_unadapted_fallback(location: Path) -> bool:
     return bool(compat_pins(location))
 
 
-def ensure_venv(venv: Path, base_python: str = sys.executable) -> Path:
+def ensure_venv(venv: Path, base_python: str = sys.executable, python_chosen: bool = False) -> Path:
     """Create ``venv`` from ``base_python`` (module docstring, step 1); return its python.
 
+    An existing venv is kept. If it has another Python version than ``base_python``, that is
+    refused when the user chose ``base_python`` (``make ... PYTHON=...``) and only logged
+    otherwise: a later plain ``make test`` must go on with the venv ``make setup PYTHON=...``
+    made.
+
     Raises:
-        SetupError: the venv exists with another Python version, or the base interpreter's torch
-            is unusable (check_torch_pair), or the venv does not see the base's torch.
+        SetupError: the venv exists with another Python version than the one chosen, or the base
+            interpreter's torch is unusable (check_torch_pair), or the venv does not see it.
     """
     base = probe_interpreter(base_python)
     python = venv_python(venv)
     if python.exists():
-        have = probe_interpreter(python)["version"][:2]
-        if have != base["version"][:2]:
-            raise SetupError(
-                f"{venv} was made with Python {'.'.join(map(str, have))}, not "
-                f"{'.'.join(map(str, base['version'][:2]))} ({base_python}): remove it, or give "
-                "another VENV"
-            )
+        have = ".".join(map(str, probe_interpreter(python)["version"][:2]))
+        wanted = ".".join(map(str, base["version"][:2]))
+        if have != wanted:
+            if python_chosen:
+                raise SetupError(
+                    f"{venv} was made with Python {have}, not {wanted} ({base_python}): remove "
+                    "it, or give another VENV"
+                )
+            logger.info("keeping %s, made with Python %s", venv, have)
         return python
     base_torch = check_torch_pair(base, f"from {base_python}")
     inherit = base_torch or can_import(base_python, "detectron2")
@@ -780,9 +787,10 @@ def setup(
     extras: str = "dev",
     wheelhouse: Optional[Path] = None,
     base_python: str = sys.executable,
+    python_chosen: bool = False,
 ) -> Detectron2Plan:
     """Run every step of the module docstring; return the detectron2 plan that was applied."""
-    python = ensure_venv(venv, base_python)
+    python = ensure_venv(venv, base_python, python_chosen)
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     if wheelhouse is not None:
         wheelhouse = wheelhouse.resolve()
@@ -843,6 +851,11 @@ def main(argv=None) -> int:
         default=os.environ.get("WHEELHOUSE") or None,
         help="install from this folder of wheels alone (make wheelhouse writes one)",
     )
+    parser.add_argument(
+        "--python-chosen",
+        action="store_true",
+        help="the user chose this interpreter: refuse a venv made with another Python version",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[setup_env] %(message)s")
     try:
@@ -852,6 +865,7 @@ def main(argv=None) -> int:
             Path(args.cache_dir),
             args.extras,
             Path(args.wheelhouse) if args.wheelhouse else None,
+            python_chosen=args.python_chosen,
         )
     except SetupError as e:
         logger.error("%s", e)

@@ -416,3 +416,27 @@ def test_a_venv_that_cannot_see_the_torch_is_removed_for_the_next_run(
     ):
         setup_env.ensure_venv(tmp_path / "venv", base_python=str(parent))
     assert not (tmp_path / "venv").exists()
+
+
+def _another_supported_python():
+    """An interpreter of another 3.10+ minor version than this one, from pyenv, or None."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}."
+    found = [
+        p
+        for p in sorted(root.glob("3.1[0-9].*/bin/python3")) if root.is_dir()
+        if not p.parent.parent.name.startswith(mine)
+    ]  # fmt: skip
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(_another_supported_python() is None, reason="no other Python 3.10+ in pyenv")
+def test_a_venv_of_another_python_is_kept_unless_that_python_was_chosen(tmp_path, setup_env):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    other = str(_another_supported_python())
+    # `make test` after `make setup PYTHON=...`: the venv stays as it was made.
+    assert setup_env.ensure_venv(venv, base_python=other) == venv / "bin" / "python"
+    with pytest.raises(setup_env.SetupError, match=r"was made with Python 3\.\d+, not 3\.\d+"):
+        setup_env.ensure_venv(venv, base_python=other, python_chosen=True)
+    assert (venv / "bin" / "python").exists()
