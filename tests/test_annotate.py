@@ -15,18 +15,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from annotate_helpers import crash_after, read_bytes, spawn_annotation, torchrun_env
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 from detectron2.data.datasets.builtin_meta import (
-    COCO_PERSON_KEYPOINT_FLIP_MAP,
     COCO_PERSON_KEYPOINT_NAMES,
-    KEYPOINT_CONNECTION_RULES,
 )
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
-from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
+from support import KEYPOINT_META, K
+from support import annotate_cfg as tiny_cfg
+from support import crash_after
+from support import fake_keypoint_instances as _fake_instances
+from support import make_keypoint_dataset as make_dataset
+from support import read_bytes, spawn_annotation, tiny_model, torchrun_env
 
 from dd_detectron.annotation import (
     CALIBRATION_PNG,
@@ -44,103 +45,8 @@ from dd_detectron.annotation.labels import LabelingRule, make_labels
 from dd_detectron.annotation.progress import PredictionChunk, ProgressStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-K = 17
-KEYPOINT_META = dict(
-    thing_classes=["person"],
-    thing_dataset_id_to_contiguous_id={1: 0},
-    keypoint_names=COCO_PERSON_KEYPOINT_NAMES,
-    keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP,
-    keypoint_connection_rules=KEYPOINT_CONNECTION_RULES,
-)
 # Bit-identical detections across runs and processes need the same thread count.
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-# ------------------------------------------------------------------------------------------
-# Tiny data and model
-# ------------------------------------------------------------------------------------------
-def _write_images(root, n, seed, size=(72, 96)):
-    rng = np.random.default_rng(seed)
-    images = []
-    for i in range(n):
-        name = f"img_{seed}_{i}.jpg"
-        cv2.imwrite(os.path.join(root, name), rng.integers(0, 256, size + (3,), dtype=np.uint8))
-        images.append({"id": 100 + i, "file_name": name, "height": size[0], "width": size[1]})
-    return images
-
-
-def _person(rng, num_visible):
-    keypoints = []
-    for k in range(K):
-        v = 2 if k < num_visible else 0
-        keypoints += [float(rng.uniform(10, 60)), float(rng.uniform(10, 60)), v] if v else [0, 0, 0]
-    return {
-        "bbox": [5.0, 5.0, 50.0, 60.0],
-        "area": 3000.0,
-        "iscrowd": 0,
-        "category_id": 1,
-        "keypoints": keypoints,
-        "num_keypoints": num_visible,
-    }
-
-
-def make_dataset(root, n, seed, annotations_per_image=None, num_visible=10, extra_files=()):
-    """Write a tiny COCO person_keypoints set and register it; returns its name.
-
-    Args:
-        annotations_per_image: list of instance counts per image, or None for no annotations.
-        extra_files: (file_name, bytes or None) of bad images to list in the JSON (None: missing).
-    """
-    os.makedirs(root, exist_ok=True)
-    images = _write_images(root, n, seed)
-    for j, (name, data) in enumerate(extra_files):
-        if data is not None:
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(data)
-        images.append({"id": 900 + j, "file_name": name, "height": 72, "width": 96})
-    coco = {
-        "images": images,
-        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES)}],
-    }
-    if annotations_per_image is not None:
-        rng = np.random.default_rng(seed)
-        anns = []
-        for img, count in zip(images, annotations_per_image):
-            for _ in range(count):
-                anns.append(dict(_person(rng, num_visible), id=len(anns) + 1, image_id=img["id"]))
-        coco["annotations"] = anns
-    json_file = os.path.join(root, "annotations.json")
-    with open(json_file, "w") as f:
-        json.dump(coco, f)
-    name = f"dd_test_annotate_{uuid.uuid4().hex[:8]}"
-    register_coco_instances(name, KEYPOINT_META, json_file, root)
-    return name
-
-
-def tiny_cfg(labeled, unlabeled, *opts):
-    return tiny_keypoint_rcnn_cfg(
-        "TEST.DETECTIONS_PER_IMAGE",
-        4,
-        "DATASETS.TRAIN",
-        (labeled,),
-        "DATALOADER.NUM_WORKERS",
-        0,
-        "INPUT.MIN_SIZE_TEST",
-        72,
-        "TEST.AUG.ENABLED",
-        True,
-        "TEST.AUG.MIN_SIZES",
-        (72, 88),
-        "TEST.AUG.FLIP",
-        True,
-        "DD.ANNOTATE.DATASETS",
-        (unlabeled,),
-        "DD.ANNOTATE.SAVE_PERIOD",
-        2,
-        "DD.TTA.VIEW_BATCH_SIZE",
-        2,  # a view with its flip: 2 backbone passes per image
-        *opts,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -190,22 +96,6 @@ def test_labeled_statistics_convention():
     s = labeled_statistics(dicts, ("x",))
     assert (s.num_images, s.num_instances, s.num_keypoints) == (3, 2, 5)
     assert s.instances_per_image == 2 / 3 and s.keypoints_per_instance == 2.5
-
-
-def _fake_instances(scores, keypoint_scores):
-    n = len(scores)
-    inst = Instances((50, 60))
-    inst.pred_boxes = Boxes(
-        torch.tensor([[1.0 + i, 2.0, 30.0 + i, 40.0] for i in range(n)]).reshape(n, 4)
-    )
-    inst.scores = torch.tensor(scores, dtype=torch.float32)
-    inst.pred_classes = torch.zeros(n, dtype=torch.int64)
-    kp = torch.zeros(n, K, 3)
-    kp[:, :, 0] = torch.arange(K, dtype=torch.float32) + 0.25
-    kp[:, :, 1] = 7.75
-    kp[:, :, 2] = torch.tensor(keypoint_scores, dtype=torch.float32).reshape(n, K)
-    inst.pred_keypoints = kp
-    return inst
 
 
 def test_auto_thresholds_hit_their_target(tmp_path):

@@ -16,7 +16,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from annotate_helpers import crash_after, read_bytes, spawn_annotation, torchrun_env
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.detection_utils import read_image
@@ -25,7 +24,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from pycocotools.coco import COCO
-from tiny_keypoint_rcnn import tiny_model, tiny_rcnn_cfg
+from support import CATEGORIES, SIZE, crash_after
+from support import make_category_dataset as make_dataset
+from support import read_bytes, spawn_annotation, tiny_model, tiny_rcnn_cfg, torchrun_env
 
 from dd_detectron.annotation import (
     CALIBRATION_PNG,
@@ -43,66 +44,8 @@ from dd_detectron.annotation import (
 from dd_detectron.annotation.labels import LabelingRule, make_labels
 from dd_detectron.annotation.progress import PredictionChunk, ProgressStore
 
-# Dataset category ids that are not 0..n-1, so that the id mapping is exercised.
-CATEGORIES = [(3, "cat"), (5, "dog"), (8, "bird")]
-SIZE = (64, 80)  # height, width of every test image
-
 # Bit-identical detections across runs and processes need the same thread count.
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-# ------------------------------------------------------------------------------------------
-# Tiny data and models
-# ------------------------------------------------------------------------------------------
-def _rectangle(x0, y0, x1, y1):
-    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
-
-
-def make_dataset(root, n, seed, categories_per_image=None, masks=True, extra_files=()):
-    """Write a tiny multi-category COCO instances set and register it; returns its name.
-
-    Args:
-        categories_per_image: per image, the category indices (into CATEGORIES) of its
-            instances; None: no annotations.
-        masks: give every instance a polygon segmentation.
-        extra_files: (file_name, bytes) of unreadable images to list too.
-    """
-    os.makedirs(root, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    images = []
-    for i in range(n):
-        name = f"img_{seed}_{i}.jpg"
-        cv2.imwrite(os.path.join(root, name), rng.integers(0, 256, SIZE + (3,), dtype=np.uint8))
-        images.append({"id": 100 + i, "file_name": name, "height": SIZE[0], "width": SIZE[1]})
-    for j, (name, data) in enumerate(extra_files):
-        with open(os.path.join(root, name), "wb") as f:
-            f.write(data)
-        images.append({"id": 900 + j, "file_name": name, "height": SIZE[0], "width": SIZE[1]})
-    coco = {"images": images, "categories": [{"id": i, "name": c} for i, c in CATEGORIES]}
-    if categories_per_image is not None:
-        anns = []
-        for img, cats in zip(images, categories_per_image):
-            for c in cats:
-                x0, y0 = (float(v) for v in rng.integers(2, 30, 2))
-                x1, y1 = x0 + float(rng.integers(10, 40)), y0 + float(rng.integers(10, 30))
-                ann = {
-                    "id": len(anns) + 1,
-                    "image_id": img["id"],
-                    "category_id": CATEGORIES[c][0],
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-                if masks:
-                    ann["segmentation"] = _rectangle(x0, y0, x1, y1)
-                anns.append(ann)
-        coco["annotations"] = anns
-    json_file = os.path.join(root, "annotations.json")
-    with open(json_file, "w") as f:
-        json.dump(coco, f)
-    name = f"dd_test_any_head_{uuid.uuid4().hex[:8]}"
-    register_coco_instances(name, {}, json_file, root)
-    return name
 
 
 def rcnn_cfg(mask, labeled, unlabeled, *opts):

@@ -15,25 +15,19 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from annotate_helpers import (
-    child_env,
-    crash_after,
-    free_port,
-    read_bytes,
-    spawn_annotation,
-    torchrun_env,
-)
 from conftest import REPO
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
-from test_annotate import (
+from support import (
     KEYPOINT_META,
-    _fake_instances,
-    make_dataset,
-    tiny_cfg,
 )
-from tiny_keypoint_rcnn import tiny_model
+from support import annotate_cfg as tiny_cfg
+from support import child_env, crash_after
+from support import fake_keypoint_instances as _fake_instances
+from support import free_port
+from support import make_keypoint_dataset as make_dataset
+from support import read_bytes, spawn_annotation, tiny_model, torchrun_env
 
 from dd_detectron.annotation import OUTPUT_JSON, STATS_JSON, LabeledStats, annotate
 from dd_detectron.annotation.labels import LabelingRule, make_labels

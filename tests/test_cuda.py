@@ -9,8 +9,10 @@ dev/gpu_check.sh on a GPU machine; skipped without CUDA).
 
 import pytest
 import torch
-from test_tta import H, random_image, run, tiny_cfg
-from tiny_keypoint_rcnn import tiny_model
+from support import H, random_image
+from support import run_ensembler as run
+from support import tiny_model
+from support import tta_cfg as tiny_cfg
 
 from dd_detectron.annotation.inputs import SkipUnreadable
 from dd_detectron.modeling.test_time_augmentation import RCNNWithTTA

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from test_ratio_loader import register_toy_labeled, write_toy_keypoints
+from support import register_toy_labeled, write_toy_keypoints
 
 from dd_detectron import add_dd_config
 from dd_detectron.data.datasets import (

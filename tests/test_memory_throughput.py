@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import DatasetMapperTTA
 from detectron2.structures import heatmaps_to_keypoints
-from test_annotate import make_dataset
-from test_annotate import tiny_cfg as annotate_cfg
-from test_tta import H, W, random_image, run, tiny_cfg
-from tiny_keypoint_rcnn import tiny_model
+from support import H, W, annotate_cfg
+from support import make_keypoint_dataset as make_dataset
+from support import random_image
+from support import run_ensembler as run
+from support import tiny_model
+from support import tta_cfg as tiny_cfg
 
 from dd_detectron.annotation import OUTPUT_JSON, STATS_JSON, annotate
 from dd_detectron.annotation.inputs import (

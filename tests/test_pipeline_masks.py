@@ -18,8 +18,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from test_annotate_any_head import CATEGORIES, make_dataset
-from tiny_keypoint_rcnn import tiny_rcnn_cfg
+from support import CATEGORIES
+from support import make_category_dataset as make_dataset
+from support import tiny_rcnn_cfg
 
 from dd_detectron.data import build_ratio_train_loader, register_generated
 from dd_detectron.evaluation import build_coco_evaluator

@@ -12,20 +12,17 @@ import os
 import re
 import uuid
 
-import cv2
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import (
-    COCO_PERSON_KEYPOINT_FLIP_MAP,
     COCO_PERSON_KEYPOINT_NAMES,
 )
 from detectron2.utils.events import EventStorage
+from support import TOY_SIZES, register_toy_labeled, write_toy_keypoints
 
 from dd_detectron import add_dd_config
 from dd_detectron.data import (
@@ -35,79 +32,6 @@ from dd_detectron.data import (
 )
 from dd_detectron.data.ratio_loader import SOURCE_KEY, RatioPlan, SourceSlotSampler
 from dd_detectron.engine import SourceCountingLoader
-
-# Two orientations, so that aspect-ratio grouping has two buckets to fill.
-TOY_SIZES = ((64, 48), (48, 64), (80, 60))
-
-
-def write_toy_keypoints(
-    directory, num_images, *, seed=0, persons=2, num_keypoints=17, keypoints=True, annotations=True
-):
-    """Write a tiny COCO person-keypoints dataset (images + JSON) into ``directory``.
-
-    Image file names are written as absolute paths, as detectron2's convert_to_coco_dict does,
-    so the JSON needs no image root.
-
-    Returns:
-        the JSON path.
-    """
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(directory, "images"), exist_ok=True)
-    images, anns = [], []
-    for i in range(num_images):
-        w, h = TOY_SIZES[i % len(TOY_SIZES)]
-        path = os.path.join(directory, "images", f"{seed}_{i:04d}.jpg")
-        cv2.imwrite(path, rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        images.append({"id": i + 1, "file_name": path, "width": w, "height": h})
-        for _ in range(persons if annotations else 0):
-            x0, y0 = float(rng.uniform(0, w / 2)), float(rng.uniform(0, h / 2))
-            bw, bh = w / 3.0, h / 2.0
-            kps = []
-            for _ in range(num_keypoints):
-                kps += [float(rng.uniform(x0, x0 + bw)), float(rng.uniform(y0, y0 + bh)), 2]
-            ann = {
-                "id": len(anns) + 1,
-                "image_id": i + 1,
-                "category_id": 1,
-                "iscrowd": 0,
-                "bbox": [x0, y0, bw, bh],
-                "area": bw * bh,
-            }
-            if keypoints:
-                ann["keypoints"], ann["num_keypoints"] = kps, num_keypoints
-            anns.append(ann)
-    data = {
-        "images": images,
-        "annotations": anns,
-        "categories": [
-            {
-                "id": 1,
-                "name": "person",
-                "keypoints": list(COCO_PERSON_KEYPOINT_NAMES)[:num_keypoints],
-            }
-        ],
-    }
-    json_file = os.path.join(directory, f"toy_{seed}.json")
-    with open(json_file, "w") as f:
-        json.dump(data, f)
-    return json_file
-
-
-def register_toy_labeled(directory, num_images, seed=0):
-    """Register a toy labeled dataset with COCO person keypoint metadata; returns its name."""
-    name = f"toy_labeled_{uuid.uuid4().hex[:8]}"
-    json_file = write_toy_keypoints(directory, num_images, seed=seed)
-    register_coco_instances(
-        name,
-        {
-            "keypoint_names": COCO_PERSON_KEYPOINT_NAMES,
-            "keypoint_flip_map": COCO_PERSON_KEYPOINT_FLIP_MAP,
-            "thing_classes": ["person"],
-        },
-        json_file,
-        "",
-    )
-    return name
 
 
 def toy_dicts(prefix, n):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from detectron2.config import get_cfg
-from test_ratio_loader import register_toy_labeled, write_toy_keypoints
+from support import register_toy_labeled, write_toy_keypoints
 
 from dd_detectron import add_dd_config
 from dd_detectron.data import register_path_datasets

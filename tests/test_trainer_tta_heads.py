@@ -14,8 +14,7 @@ from detectron2.data.datasets.builtin_meta import (
     COCO_PERSON_KEYPOINT_FLIP_MAP,
     COCO_PERSON_KEYPOINT_NAMES,
 )
-from test_tta import H, W
-from test_tta_heads import HEADS, heads_cfg, heads_model
+from support import HEADS, H, W, heads_cfg, heads_model
 
 from dd_detectron.annotation.teacher import SingleViewRCNN, build_teacher
 from dd_detectron.data.synthetic.scene import encode_mask

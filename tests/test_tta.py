@@ -11,13 +11,17 @@ import statistics
 import numpy as np
 import pytest
 import torch
-from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import (
     COCO_PERSON_KEYPOINT_FLIP_MAP,
     COCO_PERSON_KEYPOINT_NAMES,
 )
-from detectron2.data.detection_utils import create_keypoint_hflip_indices
-from tiny_keypoint_rcnn import tiny_keypoint_rcnn_cfg, tiny_model
+from support import FLIP_INDICES, H, W
+from support import match_boxes as _match
+from support import mirror_boxes as _mirror_boxes
+from support import random_image
+from support import run_ensembler as run
+from support import tiny_model
+from support import tta_cfg as tiny_cfg
 
 from dd_detectron.modeling.test_time_augmentation import (
     HeatmapReducer,
@@ -25,42 +29,6 @@ from dd_detectron.modeling.test_time_augmentation import (
     box_voting,
     unflip_keypoint_logits,
 )
-
-META = "dd_test_tta_keypoint_meta"
-MetadataCatalog.get(META).set(
-    keypoint_names=COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP
-)
-FLIP_INDICES = create_keypoint_hflip_indices([META])
-H, W = 96, 120  # W is not a multiple of 32: the batch is padded on the right
-
-
-def tiny_cfg(*opts):
-    """The tiny model at H, one identity view, 5 detections per image."""
-    return tiny_keypoint_rcnn_cfg(
-        "TEST.DETECTIONS_PER_IMAGE",
-        5,
-        "DATASETS.TRAIN",
-        (META,),
-        "INPUT.MIN_SIZE_TEST",
-        H,
-        "TEST.AUG.MIN_SIZES",
-        (H,),
-        "TEST.AUG.FLIP",
-        False,
-        *opts,
-    )
-
-
-def random_image(seed=0, h=H, w=W):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
-
-
-def run(model, image):
-    with torch.no_grad():
-        return model([{"image": image, "height": image.shape[1], "width": image.shape[2]}])[0][
-            "instances"
-        ]
 
 
 def test_identity_view_equals_plain_inference():
@@ -76,18 +44,6 @@ def test_identity_view_equals_plain_inference():
     assert torch.equal(ens.pred_classes, plain.pred_classes)
     assert torch.equal(ens.pred_keypoints, plain.pred_keypoints)
     assert torch.equal(ens.pred_keypoint_heatmaps, plain.pred_keypoint_heatmaps)
-
-
-def _mirror_boxes(boxes, width):
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-
-
-def _match(a, b):
-    """Index of the nearest box of b for every box of a (a permutation, asserted)."""
-    dist = torch.cdist(a, b, p=1)
-    order = dist.argmin(dim=1)
-    assert len(set(order.tolist())) == len(a)
-    return order
 
 
 @pytest.mark.parametrize(

@@ -12,43 +12,14 @@ import statistics
 import pytest
 import torch
 from detectron2.modeling import GeneralizedRCNNWithTTA
-from test_tta import FLIP_INDICES, H, W, _match, _mirror_boxes, random_image, run, tiny_cfg
-from tiny_keypoint_rcnn import tiny_model
+from support import FLIP_INDICES, HEADS, H, W, heads_cfg, heads_model
+from support import match_boxes as _match
+from support import mirror_boxes as _mirror_boxes
+from support import random_image
+from support import run_ensembler as run
 
 from dd_detectron.modeling import RCNNWithTTA
 from dd_detectron.modeling.test_time_augmentation import MaskReducer
-
-# MODEL.MASK_ON, MODEL.KEYPOINT_ON of each kind of model.
-HEADS = {"box": (False, False), "mask": (True, False), "keypoint": (False, True)}
-HEADS["mask_keypoint"] = (True, True)
-
-
-def heads_cfg(heads, *opts):
-    """The tiny model with the given heads, 3 classes (the mask channel is the box's class)."""
-    mask_on, keypoint_on = HEADS[heads]
-    return tiny_cfg(
-        "MODEL.MASK_ON",
-        mask_on,
-        "MODEL.KEYPOINT_ON",
-        keypoint_on,
-        "MODEL.ROI_HEADS.NUM_CLASSES",
-        1 if keypoint_on else 3,
-        "MODEL.ROI_MASK_HEAD.NUM_CONV",
-        2,
-        "MODEL.ROI_MASK_HEAD.CONV_DIM",
-        16,
-        *opts,
-    )
-
-
-def heads_model(cfg, seed=0):
-    model = tiny_model(cfg, seed)
-    if cfg.MODEL.MASK_ON:
-        # detectron2 initialises the mask predictor with std 0.001: every probability would be
-        # about 0.5 and the hard masks a coin toss at the threshold. Spread the logits.
-        with torch.no_grad():
-            model.roi_heads.mask_head.predictor.weight.mul_(1000.0)
-    return model
 
 
 def _assert_same(a, b, fields):
