@@ -347,13 +347,21 @@ KEYPOINT_META = dict(
 )
 
 
-def _write_images(root, n, seed, size=(72, 96)):
-    rng = np.random.default_rng(seed)
+def _write_images(root, n, seed, rng, size, extra_files=()):
+    """``n`` random JPEGs of ``size`` (height, width) in ``root``, drawn from ``rng`` and named
+    after ``seed``, then ``extra_files`` ((file_name, bytes or None): written when given, listed
+    either way); their COCO records."""
+    os.makedirs(root, exist_ok=True)
     images = []
     for i in range(n):
         name = f"img_{seed}_{i}.jpg"
         cv2.imwrite(os.path.join(root, name), rng.integers(0, 256, size + (3,), dtype=np.uint8))
         images.append({"id": 100 + i, "file_name": name, "height": size[0], "width": size[1]})
+    for j, (name, data) in enumerate(extra_files):
+        if data is not None:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(data)
+        images.append({"id": 900 + j, "file_name": name, "height": size[0], "width": size[1]})
     return images
 
 
@@ -381,13 +389,7 @@ def make_keypoint_dataset(
         annotations_per_image: list of instance counts per image, or None for no annotations.
         extra_files: (file_name, bytes or None) of bad images to list in the JSON (None: missing).
     """
-    os.makedirs(root, exist_ok=True)
-    images = _write_images(root, n, seed)
-    for j, (name, data) in enumerate(extra_files):
-        if data is not None:
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(data)
-        images.append({"id": 900 + j, "file_name": name, "height": 72, "width": 96})
+    images = _write_images(root, n, seed, np.random.default_rng(seed), (72, 96), extra_files)
     coco = {
         "images": images,
         "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINT_NAMES)}],
@@ -468,17 +470,8 @@ def make_category_dataset(root, n, seed, categories_per_image=None, masks=True, 
         masks: give every instance a polygon segmentation.
         extra_files: (file_name, bytes) of unreadable images to list too.
     """
-    os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
-    images = []
-    for i in range(n):
-        name = f"img_{seed}_{i}.jpg"
-        cv2.imwrite(os.path.join(root, name), rng.integers(0, 256, SIZE + (3,), dtype=np.uint8))
-        images.append({"id": 100 + i, "file_name": name, "height": SIZE[0], "width": SIZE[1]})
-    for j, (name, data) in enumerate(extra_files):
-        with open(os.path.join(root, name), "wb") as f:
-            f.write(data)
-        images.append({"id": 900 + j, "file_name": name, "height": SIZE[0], "width": SIZE[1]})
+    images = _write_images(root, n, seed, rng, SIZE, extra_files)
     coco = {"images": images, "categories": [{"id": i, "name": c} for i, c in CATEGORIES]}
     if categories_per_image is not None:
         anns = []
